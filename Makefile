@@ -1,0 +1,40 @@
+# The two commands: `make reproduce` (main job) and `make test` (test suite).
+# Each creates .venv and installs what is needed when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUNS ?= runs
+SEEDS ?= 5
+JOBS ?= 2
+
+.PHONY: install test test-all reproduce bench lint clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first: its CPU wheel then satisfies the project's
+# own range, and no CUDA packages are pulled in.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --durations=15
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --durations=15
+
+reproduce: $(STAMP)
+	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
+
+bench: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
+	$(PY) -m benchmarks.train_step
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Run-level analyses over a runs/ directory; each module with a CLI."""

@@ -1,0 +1,1 @@
+"""Performance comparisons that print ratios measured side by side."""

@@ -1,0 +1,1 @@
+"""Model-agnostic loss-landscape math: parameter vectors, evaluation, HVPs, Lanczos/SLQ, exact Hessian, interpolation."""

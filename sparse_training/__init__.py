@@ -1,0 +1,1 @@
+"""Sparse-network training: data, models, masks, initializations, methods, trainer, run directories, suite."""
