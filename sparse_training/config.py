@@ -1,0 +1,139 @@
+"""Training hyperparameters: one dataclass whose fields are the CLI flags, the saved config and the run id."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+METHOD_NAMES = ("dense", "prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "small-dense")
+OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 1e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of one training run. Field names are the CLI flags (``_`` -> ``-``)."""
+
+    # what to train
+    model: str = _f("lenet5", "model name (lenet5, lenet300, mlp, mnist1d-mlp, mnist1d-cnn, vgg16, resnet18)")
+    dataset: str = _f("mnist", "dataset (mnist, fashion-mnist, cifar10, mnist1d, digits)")
+    method: str = _f("dense", "training method", METHOD_NAMES)
+    sparsity: float = _f(0.95, "target fraction of masked weights in [0, 1) (ignored by dense)")
+    distribution: str = _f("erk", "how sparsity is spread over layers", ("uniform", "erk"))
+    first_layer_dense: bool = _f(False, "keep the first layer dense (others absorb the budget)")
+    parent: str | None = _f(None, "parent run directory: its end mask (and, for lottery, its weights)")
+    rewind: int = _f(0, "lottery: rewind to the parent's weights at this step (0 = its start.pt)")
+    shuffle_mask: bool = _f(False, "scratch/rigl: permute each layer's parent mask at random")
+    init: str = _f("auto", "weight init; auto = sparse for scratch+/rigl+, dense otherwise",
+                   ("auto", "dense", "liu", "sparse"))
+    init_mode: str = _f("fanin", "fan used by the init", ("fanin", "fanout", "fanavg"))
+    init_dist: str = _f("normal", "distribution of the init", ("normal", "uniform"))
+    # architecture options
+    activation: str = _f("relu", "hidden activation", ("relu", "prelu", "swish", "elu", "sigmoid", "tanh"))
+    batchnorm: bool = _f(False, "BatchNorm after hidden layers (mlp models; vgg16 always has it)")
+    width: float = _f(1.0, "multiplier on every hidden width")
+    depth: int = _f(3, "mlp: number of hidden layers")
+    hidden: int = _f(256, "mlp: hidden width")
+    skip: bool = _f(False, "mlp: identity skip connections between equal-width layers")
+    # optimisation
+    optimizer: str = _f("momentum", "optimizer", OPTIMIZER_NAMES)
+    lr: float | None = _f(None, "learning rate (default by optimizer: sgd 0.1, momentum 0.02, adam/rmsprop 1e-3, adagrad 1e-2)")
+    momentum: float = _f(0.9, "momentum of the 'momentum' optimizer")
+    weight_decay: float = _f(5e-4, "L2 weight decay")
+    schedule: str = _f("cosine", "learning-rate schedule", ("cosine", "constant"))
+    batch_size: int = _f(32, "mini-batch size")
+    epochs: int = _f(15, "number of epochs (ignored when --steps is set)")
+    steps: int | None = _f(None, "number of optimizer steps (overrides --epochs)")
+    seed: int = _f(0, "seed of init, random mask and data order")
+    # pruning (method prune)
+    prune_start: float = _f(0.1, "prune: start of pruning as a fraction of training")
+    prune_end: float = _f(0.6, "prune: end of pruning as a fraction of training")
+    prune_every: int = _f(20, "prune: steps between pruning events")
+    prune_scope: str = _f("layer", "prune: per-layer (uniform) or global magnitude ranking", ("layer", "global"))
+    # dynamic sparse training (rigl, rigl+, set)
+    update_every: int = _f(50, "rigl/set: steps between mask updates (Delta T)")
+    drop_fraction: float = _f(0.3, "rigl/set: initial fraction of active weights dropped per update")
+    update_end: float = _f(0.75, "rigl/set: stop updating after this fraction of training")
+    # logging and checkpoints
+    log_every: int = _f(0, "steps between metric rows (0 = 2 rows per epoch); steps 1, 2, 4, ... below it are logged too")
+    checkpoint_every: int = _f(0, "steps between resumable checkpoints (0 = once per epoch)")
+    keep_checkpoints: int = _f(1, "how many of the latest resumable checkpoints to keep")
+    save_steps: str = _f("", "comma-separated steps whose checkpoints are always kept (e.g. for rewinding)")
+    metrics_batch: int = _f(1000, "size of the fixed training batch used for gradient-flow metrics")
+
+    # fields that do not change what is computed, so they are not part of a run's identity
+    NON_IDENTITY = ("save_steps", "keep_checkpoints")
+
+    def resolved_lr(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR.get(self.optimizer, 0.05))
+
+    def is_sparse(self) -> bool:
+        return self.method not in ("dense", "small-dense")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def identity(self) -> dict[str, Any]:
+        d = self.to_dict()
+        for k in self.NON_IDENTITY:
+            d.pop(k, None)
+        if not self.is_sparse():
+            d["sparsity"] = 0.0
+        return d
+
+    def default_run_id(self) -> str:
+        """``<model>-<dataset>[-s<sparsity>]-<method>-seed<seed>``, plus a short hash of any other
+        non-default setting, so equal settings land in the same directory."""
+        sparsity = f"-s{self.sparsity:g}" if self.is_sparse() else ""
+        base = f"{self.model}-{self.dataset}{sparsity}-{self.method}-seed{self.seed}"
+        defaults = TrainConfig().identity()
+        mine = self.identity()
+        keys = ("model", "dataset", "method", "sparsity", "seed")
+        extra = {k: v for k, v in mine.items() if k not in keys and v != defaults.get(k)}
+        if extra:
+            digest = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+            base += f"-{digest}"
+        return base
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """Add one flag per dataclass field, with its help text and default."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", default=f.default, help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
+                "str | None": str}.get(str(f.type), str)
+        parser.add_argument(flag, type=kind, default=f.default, choices=choices,
+                            help=f"{help_text} (default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, cls=TrainConfig) -> TrainConfig:
+    """Build the dataclass from parsed arguments."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def parse_save_steps(text: str) -> set[int]:
+    """Parse '100,200' into {100, 200}; a malformed list is a UserError."""
+    try:
+        return {int(s) for s in text.split(",") if s.strip()}
+    except ValueError:
+        raise UserError(f"--save-steps must be comma-separated integers, not '{text}'.") from None

@@ -1,0 +1,191 @@
+"""Methods as compositions: where the mask comes from x how weights start x which mask updater runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .errors import UserError
+from .init import initialize
+from .masks import Masks, maskable_names
+from .models import build_model, count_parameters
+from .rundir import RunDir
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How a method starts and what (if anything) changes its mask during training."""
+
+    name: str
+    mask: str      # "none" | "dense-then-prune" | "parent" (required) | "parent-or-random"
+    weights: str   # "init" | "parent-rewind"
+    init: str      # default init scheme when --init auto
+    updater: str | None  # None | "prune" | "rigl" | "set"
+
+
+METHODS: dict[str, MethodSpec] = {
+    "dense": MethodSpec("dense", "none", "init", "dense", None),
+    "small-dense": MethodSpec("small-dense", "none", "init", "dense", None),
+    "prune": MethodSpec("prune", "dense-then-prune", "init", "dense", "prune"),
+    "lottery": MethodSpec("lottery", "parent", "parent-rewind", "dense", None),
+    "scratch": MethodSpec("scratch", "parent-or-random", "init", "dense", None),
+    "scratch+": MethodSpec("scratch+", "parent-or-random", "init", "sparse", None),
+    "rigl": MethodSpec("rigl", "parent-or-random", "init", "dense", "rigl"),
+    "rigl+": MethodSpec("rigl+", "parent-or-random", "init", "sparse", "rigl"),
+    "set": MethodSpec("set", "parent-or-random", "init", "dense", "set"),
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    """Look up a method by name; an unknown one is a UserError."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}.") from None
+
+
+def seed_for(seed: int, purpose: str) -> int:
+    """A stable per-purpose seed, so init, mask, data order and growth draw from separate streams."""
+    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5}
+    return int(seed) * 1_000_003 + offsets[purpose]
+
+
+def model_options(cfg: TrainConfig) -> dict:
+    """Architecture keyword arguments for :func:`build_model` from a config."""
+    opts = {"width": cfg.width, "activation": cfg.activation}
+    if cfg.model in ("mlp", "lenet300", "mnist1d-mlp"):
+        opts["batchnorm"] = cfg.batchnorm
+    if cfg.model == "mlp":
+        opts.update(depth=cfg.depth, hidden=cfg.hidden, skip=cfg.skip)
+    return opts
+
+
+def build_for(cfg: TrainConfig, input_shape, num_classes: int, width: float | None = None) -> nn.Module:
+    """Build the config's model (optionally at another width)."""
+    opts = model_options(cfg)
+    if width is not None:
+        opts["width"] = width
+    return build_model(cfg.model, input_shape, num_classes, **opts)
+
+
+def sparse_active_count(cfg: TrainConfig, input_shape, num_classes: int) -> int:
+    """Parameters a sparse network of this config keeps: active maskable weights plus all others."""
+    model = build_for(cfg, input_shape, num_classes)
+    masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense, seed=0)
+    return count_parameters(model) - masks.numel() + masks.num_active()
+
+
+def small_dense_width(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[float, int, int]:
+    """Width multiplier whose dense parameter count best matches the sparse network's active count.
+
+    Returns ``(width, dense_count, target_count)``. The count grows with width, so bisection finds
+    the crossing; the nearer of its two neighbours wins.
+    """
+    target = sparse_active_count(cfg, input_shape, num_classes)
+
+    def count(w: float) -> int:
+        return count_parameters(build_for(cfg, input_shape, num_classes, width=w))
+
+    lo, hi = 1e-3, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if count(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda w: abs(count(w) - target))
+    return best, count(best), target
+
+
+def load_parent(cfg: TrainConfig) -> tuple[RunDir, dict]:
+    """The parent run and its config; it must exist, be complete and share model and dataset."""
+    if not cfg.parent:
+        raise UserError(f"method '{cfg.method}' needs --parent RUN_DIR (a finished prune run).")
+    parent = RunDir(cfg.parent)
+    pconf = parent.read_config()
+    if not parent.is_complete():
+        raise UserError(f"parent run {parent.path} is not complete; finish it first.")
+    for key in ("model", "dataset", "width", "activation", "batchnorm", "depth", "hidden", "skip"):
+        if key in pconf and pconf.get(key) != getattr(cfg, key):
+            raise UserError(
+                f"parent run {parent.path} has {key}={pconf.get(key)!r} but this run has {getattr(cfg, key)!r}; architectures must match."
+            )
+    return parent, pconf
+
+
+def shuffled(masks: Masks, seed: int) -> Masks:
+    """Each layer's mask randomly permuted (same count per layer)."""
+    g = torch.Generator().manual_seed(seed_for(seed, "shuffle"))
+    out = {}
+    for name, m in masks.items():
+        flat = m.reshape(-1)
+        out[name] = flat[torch.randperm(flat.numel(), generator=g)].reshape(m.shape)
+    return Masks(out)
+
+
+def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.Module, Masks, dict]:
+    """Build the model and masks a run starts from, initialized per its method.
+
+    Returns ``(model, masks, extra)`` where ``extra`` goes into config.json (parent id, counts).
+    """
+    spec = get_method(cfg.method)
+    extra: dict = {}
+    if cfg.method == "small-dense":
+        width, dense_count, target = small_dense_width(cfg, input_shape, num_classes)
+        model = build_for(cfg, input_shape, num_classes, width=width)
+        extra.update(small_dense_width=width, small_dense_params=dense_count,
+                     sparse_active_params=target)
+    else:
+        model = build_for(cfg, input_shape, num_classes)
+    init_scheme = spec.init if cfg.init == "auto" else cfg.init
+
+    parent_ckpt = None
+    if spec.mask == "parent" or (spec.mask == "parent-or-random" and cfg.parent):
+        parent, pconf = load_parent(cfg)
+        parent_ckpt = parent.load("end")
+        masks = Masks(parent_ckpt["masks"])
+        masks.check_compatible(model)
+        extra.update(parent_run_id=parent.run_id, parent_method=pconf.get("method"))
+        if cfg.shuffle_mask:
+            masks = shuffled(masks, cfg.seed)
+    elif spec.mask == "parent-or-random":
+        masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense,
+                             seed=seed_for(cfg.seed, "mask"))
+    else:
+        masks = Masks.dense(model)
+
+    if spec.weights == "parent-rewind":
+        source = parent.load("start") if cfg.rewind == 0 else _rewind_checkpoint(parent, cfg.rewind)
+        try:
+            model.load_state_dict(source["model"])
+        except RuntimeError:
+            raise UserError(f"parent run {parent.path} has weights of a different architecture.") from None
+        masks.apply(model)
+        extra.update(rewind_step=cfg.rewind)
+    else:
+        initialize(model, masks if spec.mask != "none" else None, init_scheme, cfg.init_mode,
+                   cfg.init_dist, seed=seed_for(cfg.seed, "init"))
+    extra.update(init_scheme=init_scheme if spec.weights == "init" else "parent-rewind",
+                 maskable_layers=maskable_names(model),
+                 total_params=count_parameters(model), active_maskable=masks.num_active(),
+                 maskable_params=masks.numel())
+    return model, masks, extra
+
+
+def _rewind_checkpoint(parent: RunDir, step: int) -> dict:
+    path = parent.checkpoint_path(step)
+    if not path.is_file():
+        kept = [s for s, _ in parent.step_checkpoints()]
+        raise UserError(
+            f"parent run {parent.path} kept no checkpoint at step {step} (kept: {kept or 'none'}); "
+            f"rerun it with --save-steps {step}."
+        )
+    return parent.load(step)
+
+
+def parent_path(cfg: TrainConfig) -> Path | None:
+    """The parent run directory as a resolved path (or None)."""
+    return Path(cfg.parent).resolve() if cfg.parent else None

@@ -1,0 +1,110 @@
+"""Gradient-flow measures logged during training: masked gradient norm, per-layer norms, EGF (Tessera et al.)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masks import Masks
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore every buffer (e.g. BatchNorm running stats) on exit, so a measurement leaves no trace."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def layer_of(param_name: str) -> str:
+    """The layer (module) a parameter belongs to: 'fc1.weight' -> 'fc1'."""
+    return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+
+def masked_gradient(model: nn.Module, masks: Masks | None, x: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[dict[str, torch.Tensor], float, float]:
+    """Gradient of the mean cross-entropy on ``(x, y)`` with masked weights' entries zeroed.
+
+    The model runs in training mode (BatchNorm uses batch statistics, as in a training step) and
+    its buffers are restored afterwards. Returns ``(grads, loss, accuracy)``.
+    """
+    was_training = model.training
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    model.train()
+    with preserved_buffers(model):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, [p for _, p in params])
+    model.train(was_training)
+    out = {}
+    for (name, _), g in zip(params, grads):
+        if masks is not None and name in masks:
+            g = g * masks[name].to(g.device)
+        out[name] = g.detach()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return out, loss.item(), acc
+
+
+def gradient_flow(grads: dict[str, torch.Tensor], masks: Masks | None,
+                  maskable: list[str]) -> dict[str, float]:
+    """Gradient-flow measures from masked gradients.
+
+    - ``grad_norm``: L2 norm over all parameters; ``grad_norm_l1``: L1 norm;
+    - ``egf1``/``egf2``: mean over maskable layers of ``||g_l * m_l||_p`` (Effective Gradient Flow);
+    - ``egf2_per_weight``: the same with each layer's L2 norm divided by its active weight count;
+    - ``grad_norm/<layer>``: L2 norm of each layer's (weight and bias) gradient.
+    """
+    flat = torch.cat([g.reshape(-1).double() for g in grads.values()])
+    row: dict[str, float] = {
+        "grad_norm": flat.norm(2).item(),
+        "grad_norm_l1": flat.norm(1).item(),
+    }
+    l1, l2, l2w = [], [], []
+    for name in maskable:
+        g = grads[name].double()
+        active = int(masks[name].sum()) if masks is not None and name in masks else g.numel()
+        l1.append(g.norm(1).item())
+        l2.append(g.norm(2).item())
+        l2w.append(g.norm(2).item() / max(active, 1))
+    n = max(len(maskable), 1)
+    row["egf1"] = sum(l1) / n
+    row["egf2"] = sum(l2) / n
+    row["egf2_per_weight"] = sum(l2w) / n
+    per_layer: dict[str, float] = {}
+    for name, g in grads.items():
+        key = layer_of(name)
+        per_layer[key] = per_layer.get(key, 0.0) + g.double().pow(2).sum().item()
+    for key, sq in per_layer.items():
+        row[f"grad_norm/{key}"] = sq**0.5
+    return row
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
+             ) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    n = max(len(x), 1)
+    return total_loss / n, correct / n
+
+
+def param_distance(model: nn.Module, reference: dict[str, torch.Tensor]) -> float:
+    """L2 distance between the model's parameters and ``reference`` (a state_dict of parameters)."""
+    sq = 0.0
+    for name, p in model.named_parameters():
+        sq += (p.detach().double() - reference[name].to(p.device).double()).pow(2).sum().item()
+    return sq**0.5

@@ -1,0 +1,270 @@
+"""Model registry: LeNet-5, LeNet-300-100, configurable MLPs, MNIST-1D nets, CIFAR VGG-16 and ResNet-18.
+
+Every builder takes ``input_shape`` and ``num_classes`` plus a ``width`` multiplier, so a
+same-capacity small-dense network (Tessera et al.) can be found by scaling widths. Each
+model records the name of its hidden activation in ``model.nonlinearity`` so initializers
+can pick the matching gain.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "prelu": nn.PReLU,
+    "swish": nn.SiLU,
+    "elu": nn.ELU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Return a fresh activation module by name (relu|prelu|swish|elu|sigmoid|tanh)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise UserError(
+            f"unknown activation '{name}'; choose one of {', '.join(ACTIVATIONS)}."
+        ) from None
+
+
+def _scaled(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
+
+
+def _flat_dim(input_shape: tuple[int, ...]) -> int:
+    return int(math.prod(input_shape))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as in Evci et al.: valid 5x5 convs (6, 16), 2x2 max-pools, 256-120-84-10, ReLU."""
+
+    def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, width: float = 1.0,
+                 activation: str = "relu"):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise UserError(f"lenet5 needs image input (C, H, W); this dataset gives {tuple(input_shape)}.")
+        c, h, w = input_shape
+        c1, c2, f1, f2 = (_scaled(n, width) for n in (6, 16, 120, 84))
+        self.conv1 = nn.Conv2d(c, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        hh, ww = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+        if hh < 1 or ww < 1:
+            raise UserError(f"lenet5 needs images of at least 16x16 pixels, not {h}x{w}.")
+        self.fc1 = nn.Linear(c2 * hh * ww, f1)
+        self.fc2 = nn.Linear(f1, f2)
+        self.fc3 = nn.Linear(f2, num_classes)
+        self.act = make_activation(activation)
+        self.pool = nn.MaxPool2d(2)
+        self.nonlinearity = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.pool(self.act(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+class MLP(nn.Module):
+    """Fully connected network with optional BatchNorm and identity skip connections.
+
+    Hidden layer ``i`` maps ``widths[i-1] -> widths[i]``; with ``skip=True`` a hidden layer whose
+    input and output widths agree adds its input to its output (a residual MLP block).
+    """
+
+    def __init__(self, input_shape=(784,), num_classes: int = 10, widths=(300, 100),
+                 activation: str = "relu", batchnorm: bool = False, skip: bool = False,
+                 width: float = 1.0):
+        super().__init__()
+        dims = [_flat_dim(tuple(input_shape))] + [_scaled(w, width) for w in widths]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(
+            (nn.BatchNorm1d(b) if batchnorm else nn.Identity()) for b in dims[1:]
+        )
+        self.acts = nn.ModuleList(make_activation(activation) for _ in dims[1:])
+        self.head = nn.Linear(dims[-1], num_classes)
+        self.skip = skip
+        self.nonlinearity = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        for layer, norm, act in zip(self.layers, self.norms, self.acts):
+            y = act(norm(layer(x)))
+            x = x + y if self.skip and y.shape == x.shape else y
+        return self.head(x)
+
+
+class MNIST1DCNN(nn.Module):
+    """The 1-D CNN of the MNIST-1D paper: three stride-2 convs of 25 channels, then a linear head."""
+
+    def __init__(self, input_shape=(40,), num_classes: int = 10, width: float = 1.0,
+                 activation: str = "relu"):
+        super().__init__()
+        length = input_shape[-1]
+        ch = _scaled(25, width)
+        self.conv1 = nn.Conv1d(1, ch, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(ch, ch, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(ch, ch, 3, stride=2, padding=1)
+        out_len = length
+        for k, s, p in ((5, 2, 1), (3, 2, 1), (3, 2, 1)):
+            out_len = (out_len + 2 * p - k) // s + 1
+        self.head = nn.Linear(ch * out_len, num_classes)
+        self.act = make_activation(activation)
+        self.nonlinearity = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], 1, -1)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        x = self.act(self.conv3(x))
+        return self.head(torch.flatten(x, 1))
+
+
+_VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG16(nn.Module):
+    """CIFAR VGG-16: 13 3x3 convs (optional BatchNorm), five max-pools, one linear classifier."""
+
+    def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10, width: float = 1.0,
+                 batchnorm: bool = True, activation: str = "relu"):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = input_shape[0]
+        for v in _VGG16:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = _scaled(int(v), width)
+            layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(make_activation(activation))
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+        self.nonlinearity = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with BatchNorm and an identity or 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int, activation: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act1 = make_activation(activation)
+        self.act2 = make_activation(activation)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.act2(y + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18: 3x3 stem, four stages of two basic blocks (64-128-256-512), linear head."""
+
+    def __init__(self, input_shape=(3, 32, 32), num_classes: int = 10, width: float = 1.0,
+                 activation: str = "relu"):
+        super().__init__()
+        widths = [_scaled(w, width) for w in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act = make_activation(activation)
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for i, w in enumerate(widths):
+            for j in range(2):
+                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1, activation))
+                cin = w
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        self.nonlinearity = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.act(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _lenet300(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, **kw):
+    return MLP(input_shape, num_classes, (300, 100), activation, batchnorm, False, width)
+
+
+def _mlp(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, skip=False,
+         depth=3, hidden=256, **kw):
+    return MLP(input_shape, num_classes, (hidden,) * depth, activation, batchnorm, skip, width)
+
+
+def _mnist1d_mlp(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, **kw):
+    return MLP(input_shape, num_classes, (100, 100), activation, batchnorm, False, width)
+
+
+def _lenet5(input_shape, num_classes, width=1.0, activation="relu", **kw):
+    return LeNet5(input_shape, num_classes, width, activation)
+
+
+def _mnist1d_cnn(input_shape, num_classes, width=1.0, activation="relu", **kw):
+    return MNIST1DCNN(input_shape, num_classes, width, activation)
+
+
+def _vgg16(input_shape, num_classes, width=1.0, activation="relu", batchnorm=True, **kw):
+    return VGG16(input_shape, num_classes, width, batchnorm, activation)
+
+
+def _resnet18(input_shape, num_classes, width=1.0, activation="relu", **kw):
+    return ResNet18(input_shape, num_classes, width, activation)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": _lenet5,
+    "lenet300": _lenet300,
+    "mlp": _mlp,
+    "mnist1d-mlp": _mnist1d_mlp,
+    "mnist1d-cnn": _mnist1d_cnn,
+    "vgg16": _vgg16,
+    "resnet18": _resnet18,
+}
+
+DEFAULT_INPUT = {
+    "lenet5": (1, 28, 28), "lenet300": (1, 28, 28), "mlp": (1, 28, 28),
+    "mnist1d-mlp": (40,), "mnist1d-cnn": (40,), "vgg16": (3, 32, 32), "resnet18": (3, 32, 32),
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...] | None = None, num_classes: int = 10,
+                **options) -> nn.Module:
+    """Build a model by registry name.
+
+    ``options`` may hold ``width`` (multiplier on every hidden width), ``activation``,
+    ``batchnorm``, and for ``mlp`` also ``depth``, ``hidden`` and ``skip``.
+    Parameters come out with PyTorch's default init; call :func:`sparse_training.init.initialize`.
+    """
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}.")
+    shape = tuple(input_shape) if input_shape is not None else DEFAULT_INPUT[name]
+    return MODELS[name](shape, num_classes, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Total number of parameters (weights, biases, norm parameters)."""
+    return sum(p.numel() for p in model.parameters())

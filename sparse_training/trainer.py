@@ -1,0 +1,361 @@
+"""The training loop: fixed and small; masks, mask updaters, metrics and checkpoints plug into it."""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import OPTIMIZER_NAMES, TrainConfig, parse_save_steps
+from .data import Dataset, load_dataset
+from .distributions import check_sparsity
+from .errors import UserError
+from .io import atomic_torch_save
+from .masks import Masks
+from .methods import get_method, parent_path, prepare_start, seed_for
+from .metrics import evaluate, gradient_flow, masked_gradient, param_distance
+from .rundir import RunDir, check_run_id
+from .updaters import MaskUpdater, make_updater
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; asking for CUDA without one is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"unknown device '{name}'; use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """One of sgd, momentum, adam, rmsprop, adagrad with the config's lr and weight decay."""
+    lr, wd, params = cfg.resolved_lr(), cfg.weight_decay, model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+    raise UserError(f"unknown optimizer '{cfg.optimizer}'; choose one of {', '.join(OPTIMIZER_NAMES)}.")
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate at ``step``: cosine decay to zero over ``total`` steps, or constant."""
+    base = cfg.resolved_lr()
+    if cfg.schedule == "constant":
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check names and ranges before any work; each problem is one UserError sentence."""
+    from .data import DATASETS
+    from .models import MODELS
+
+    get_method(cfg.method)
+    if cfg.model not in MODELS:
+        raise UserError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}.")
+    if cfg.dataset not in DATASETS:
+        raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}.")
+    if cfg.optimizer not in OPTIMIZER_NAMES:
+        raise UserError(f"unknown optimizer '{cfg.optimizer}'; choose one of {', '.join(OPTIMIZER_NAMES)}.")
+    check_sparsity(cfg.sparsity)
+    if cfg.is_sparse() and cfg.sparsity == 0.0:
+        raise UserError(f"method '{cfg.method}' needs --sparsity above 0.")
+    for name in ("batch_size", "epochs", "metrics_batch"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise UserError("--steps must be at least 1.")
+    if not 0.0 <= cfg.drop_fraction <= 1.0:
+        raise UserError("--drop-fraction must lie in [0, 1].")
+    if not 0.0 <= cfg.prune_start < cfg.prune_end <= 1.0:
+        raise UserError("--prune-start and --prune-end must satisfy 0 <= start < end <= 1.")
+    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise UserError("--lr must be a positive number.")
+    parse_save_steps(cfg.save_steps)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that produced a run."""
+    import sklearn
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__, "sklearn": sklearn.__version__}
+
+
+def fixed_indices(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint fixed batches (metrics, RigL growth) drawn with a fixed seed, same for every run."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(20220222))
+    size = min(size, n)
+    metric = perm[:size]
+    grow = perm[size:2 * size] if n >= 2 * size else perm[-size:]
+    return metric, grow
+
+
+@dataclass
+class Trainer:
+    """Runs one training run into a run directory. Build it with :func:`setup_run`."""
+
+    cfg: TrainConfig
+    run: RunDir
+    model: nn.Module
+    masks: Masks
+    data: Dataset
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    updater: MaskUpdater | None
+    start_params: dict[str, torch.Tensor]
+    step: int = 0
+    rows: list[dict] = field(default_factory=list)
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        d = self.device
+        self.x_train, self.y_train = self.data.x_train.to(d), self.data.y_train.to(d)
+        self.x_test, self.y_test = self.data.x_test.to(d), self.data.y_test.to(d)
+        metric, grow = fixed_indices(len(self.x_train), self.cfg.metrics_batch)
+        self.metric_x, self.metric_y = self.x_train[metric.to(d)], self.y_train[metric.to(d)]
+        self.grow_x, self.grow_y = self.x_train[grow.to(d)], self.y_train[grow.to(d)]
+        self.n = len(self.x_train)
+        self.steps_per_epoch = math.ceil(self.n / self.cfg.batch_size)
+        self.total = self.cfg.steps or self.cfg.epochs * self.steps_per_epoch
+        self.log_every = self.cfg.log_every or max(1, self.steps_per_epoch // 2)
+        self.ckpt_every = self.cfg.checkpoint_every or self.steps_per_epoch
+        self.save_steps = parse_save_steps(self.cfg.save_steps)
+        self.enforce = self.masks.sparsity() > 0 or self.updater is not None
+        self.maskable = list(self.masks)
+
+    # --- measurements ----------------------------------------------------------------
+    def measure(self, phase: str = "train") -> dict:
+        grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y)
+        test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+        row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "phase": phase,
+               "lr": lr_at(self.cfg, self.step, self.total), "train_loss": loss, "train_acc": acc,
+               "test_loss": test_loss, "test_acc": test_acc, "sparsity": self.masks.sparsity()}
+        row.update(gradient_flow(grads, self.masks, self.maskable))
+        row["dist_to_start"] = param_distance(self.model, self.start_params)
+        return row
+
+    def log(self, phase: str = "train") -> dict:
+        row = self.measure(phase)
+        self.rows.append(row)
+        self.run.write_metrics(pd.DataFrame(self.rows))
+        return row
+
+    def dense_grow_grads(self) -> dict[str, torch.Tensor]:
+        """Dense gradients (no mask) on the fixed growth batch, for RigL."""
+        grads, _, _ = masked_gradient(self.model, None, self.grow_x, self.grow_y)
+        return grads
+
+    # --- checkpoints -----------------------------------------------------------------
+    def snapshot(self, with_state: bool) -> dict:
+        ckpt = {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "masks": self.masks.as_dict(), "step": self.step,
+                "epoch": self.step // self.steps_per_epoch}
+        if with_state:
+            ckpt["optimizer"] = self.optimizer.state_dict()
+            ckpt["rng"] = torch.get_rng_state()
+        return ckpt
+
+    def save_periodic(self) -> None:
+        atomic_torch_save(self.run.checkpoint_path(self.step), self.snapshot(with_state=True))
+        periodic = self.run.step_checkpoints("")
+        keep = max(1, self.cfg.keep_checkpoints)
+        for step, path in periodic[:-keep]:
+            if step not in self.save_steps:
+                path.unlink(missing_ok=True)
+
+    # --- the loop --------------------------------------------------------------------
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """Indices of the mini-batch at ``step``: a per-epoch permutation seeded by (seed, epoch)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "data") * 10_007 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        return perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].to(self.device)
+
+    def train_step(self) -> float:
+        idx = self.batch_indices(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.cfg, self.step, self.total)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.step}")
+        loss.backward()
+        if self.enforce:
+            self.masks.mask_grads(self.model)
+        self.optimizer.step()
+        if self.enforce:
+            self.masks.apply(self.model)
+        self.step += 1
+        return loss.item()
+
+    def should_log(self, step: int) -> bool:
+        """Every ``log_every`` steps and at the end, plus steps 1, 2, 4, ... before that (early flow)."""
+        early = step < self.log_every and (step & (step - 1)) == 0
+        return early or step % self.log_every == 0 or step == self.total
+
+    def mask_update(self) -> None:
+        ckpt = self.snapshot(with_state=False)
+        if self.updater.snapshots:
+            atomic_torch_save(self.run.checkpoint_path(self.step, "pre"), ckpt)
+            self.log("pre_update")
+        self.updater.update(self.step, self.model, self.masks, self.optimizer, self.dense_grow_grads)
+        if self.updater.snapshots:
+            atomic_torch_save(self.run.checkpoint_path(self.step, "post"), self.snapshot(with_state=False))
+            self.log("post_update")
+
+    def fit(self) -> dict:
+        """Train to the end, logging and checkpointing; returns the last metrics row."""
+        if self.step == 0:
+            self.log()
+        bar = tqdm(total=self.total, initial=self.step, disable=self.quiet, desc=self.run.run_id,
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        last = self.rows[-1] if self.rows else {}
+        try:
+            while self.step < self.total:
+                loss = self.train_step()
+                if self.updater is not None and self.updater.is_update_step(self.step):
+                    self.mask_update()
+                if self.should_log(self.step):
+                    last = self.log()
+                    bar.set_postfix(loss=f"{loss:.3f}", test_acc=f"{last['test_acc']:.4f}")
+                if self.step % self.ckpt_every == 0 and self.step < self.total:
+                    self.save_periodic()
+                elif self.step in self.save_steps:
+                    atomic_torch_save(self.run.checkpoint_path(self.step), self.snapshot(with_state=True))
+                bar.update(1)
+        finally:
+            bar.close()
+        atomic_torch_save(self.run.checkpoint_path("end"), self.snapshot(with_state=False))
+        return last
+
+
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` if needed; an unwritable location is a UserError."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to output directory {out} ({exc.strerror or exc}).") from None
+
+
+def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resume: bool = False,
+              device: str = "auto", data_dir: str | None = None, quiet: bool = False) -> Trainer | None:
+    """Validate, then create (or reopen for ``--resume``) the run directory and its trainer.
+
+    Returns None when the run is already complete with the same settings.
+    """
+    validate(cfg)
+    run_id = check_run_id(run_id or cfg.default_run_id())
+    out = Path(out)
+    check_output_dir(out)
+    run = RunDir(out / run_id)
+    if run.exists():
+        saved = TrainConfig.from_dict(run.read_config())
+        if _comparable(saved) != _comparable(cfg):
+            raise UserError(
+                f"{run.path} already holds a run with different settings; choose another --run-id or --out."
+            )
+        if run.is_complete():
+            return None
+        if not resume:
+            raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it.")
+    dev = select_device(device)
+    data = load_dataset(cfg.dataset, data_dir=data_dir)
+    spec = get_method(cfg.method)
+    model, masks, extra = prepare_start(cfg, data.input_shape, data.num_classes)
+    model.to(dev)
+    masks.to(dev)
+    optimizer = make_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(data.x_train) / cfg.batch_size)
+    total = cfg.steps or cfg.epochs * steps_per_epoch
+    updater = make_updater(cfg, spec.updater, total, seed_for(cfg.seed, "grow"))
+
+    if run.exists():  # resume from the latest resumable checkpoint (or from start.pt)
+        start = run.load("start")
+        periodic = run.step_checkpoints("")
+        latest = run.load(periodic[-1][0]) if periodic else None
+        source = latest if latest is not None and "optimizer" in latest else start
+        try:
+            model.load_state_dict(source["model"])
+        except RuntimeError:
+            raise UserError(f"checkpoint in {run.path} does not fit the configured model.") from None
+        masks = Masks(source["masks"]).to(dev)
+        if "optimizer" in source:
+            optimizer.load_state_dict(source["optimizer"])
+        step = int(source["step"])
+        metrics = run.read_metrics()
+        rows = metrics[metrics["step"] <= step].to_dict("records") if len(metrics) else []
+        start_params = {k: v.to(dev) for k, v in start["model"].items()}
+    else:
+        config = cfg.to_dict()
+        config.update(extra, run_id=run_id, data_source=data.source, versions=versions(),
+                      parent_path=str(parent_path(cfg)) if cfg.parent else None,
+                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "mask", "data", "grow")}},
+                      total_steps=total, steps_per_epoch=steps_per_epoch, lr_resolved=cfg.resolved_lr(),
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        config.setdefault("parent_run_id", None)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(config)
+        run.write_status("running", 0)
+        step, rows = 0, []
+        start_params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        trainer = Trainer(cfg, run, model, masks, data, dev, optimizer, updater, start_params, quiet=quiet)
+        atomic_torch_save(run.checkpoint_path("start"), trainer.snapshot(with_state=False))
+        return trainer
+    trainer = Trainer(cfg, run, model, masks, data, dev, optimizer, updater, start_params,
+                      step=step, rows=rows, quiet=quiet)
+    run.write_metrics(pd.DataFrame(rows))
+    run.write_status("running", step)
+    return trainer
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    d = cfg.identity()
+    d["parent"] = str(Path(cfg.parent).resolve()) if cfg.parent else None
+    return d
+
+
+def run_training(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resume: bool = False,
+                 device: str = "auto", data_dir: str | None = None, quiet: bool = False) -> RunDir:
+    """Train one run end to end. A NaN/inf loss marks it failed and raises a UserError."""
+    trainer = setup_run(cfg, out, run_id, resume, device, data_dir, quiet)
+    run = RunDir(Path(out) / (run_id or cfg.default_run_id()))
+    if trainer is None:
+        if not quiet:
+            print(f"{run.path} is already complete; nothing to do.")
+        return run
+    try:
+        last = trainer.fit()
+    except TrainingDiverged as exc:
+        run.write_status("failed", trainer.step, reason=str(exc))
+        raise UserError(f"{exc}; the run is marked failed and its last good checkpoint is kept.") from None
+    except BaseException as exc:
+        run.write_status("failed", trainer.step, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    run.write_status("complete", trainer.step, test_acc=last.get("test_acc"), test_loss=last.get("test_loss"))
+    return run
