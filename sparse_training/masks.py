@@ -1,7 +1,7 @@
 """The ``Masks`` object: boolean masks over a model's maskable weights (Linear and Conv weights only)."""
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class Masks:
     @classmethod
     def random(cls, model: nn.Module, sparsity: float, distribution: str = "uniform",
                first_layer_dense: bool = False, seed: int | None = 0,
-               generator: torch.Generator | None = None) -> "Masks":
+               generator: torch.Generator | None = None) -> Masks:
         """Random masks with per-layer densities from ``distribution`` (uniform or erk)."""
         shapes = {n: tuple(p.shape) for n, p in _named_maskable(model)}
         names = list(shapes)
@@ -52,7 +52,7 @@ class Masks:
         return cls({n: random_layer_mask(torch.Size(shapes[n]), counts[n], generator) for n in names})
 
     @classmethod
-    def dense(cls, model: nn.Module) -> "Masks":
+    def dense(cls, model: nn.Module) -> Masks:
         """All-ones masks over the maskable weights."""
         return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in _named_maskable(model)})
 
@@ -81,7 +81,7 @@ class Masks:
         """A plain ``{param_name: bool tensor}`` dict (cloned, on CPU): the checkpoint format."""
         return {k: v.detach().cpu().clone() for k, v in self._masks.items()}
 
-    def to(self, device: torch.device | str) -> "Masks":
+    def to(self, device: torch.device | str) -> Masks:
         """Move the masks to ``device`` in place and return self."""
         self._masks = {k: v.to(device) for k, v in self._masks.items()}
         return self

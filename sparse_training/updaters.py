@@ -6,8 +6,9 @@ fraction), a *drop rule* (smallest magnitude) and a *grow rule* (largest dense g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
