@@ -33,6 +33,8 @@ class TrainConfig:
     first_layer_dense: bool = _f(False, "keep the first layer dense (others absorb the budget)")
     parent: str | None = _f(None, "parent run directory: its end mask (and, for lottery, its weights)")
     rewind: int = _f(0, "lottery: rewind to the parent's weights at this step (0 = its start.pt)")
+    match_width: float | None = _f(None, "scratch/rigl: per-layer active counts equal the layer sizes of the dense "
+                                         "network at this width multiplier (Tessera et al.'s same-capacity pairs)")
     shuffle_mask: bool = _f(False, "scratch/rigl: permute each layer's parent mask at random")
     init: str = _f("auto", "weight init; auto = sparse for scratch+/rigl+, dense otherwise",
                    ("auto", "dense", "liu", "sparse"))
@@ -61,7 +63,7 @@ class TrainConfig:
     prune_every: int = _f(20, "prune: steps between pruning events")
     prune_scope: str = _f("layer", "prune: per-layer (uniform) or global magnitude ranking", ("layer", "global"))
     # dynamic sparse training (rigl, rigl+, set)
-    update_every: int = _f(50, "rigl/set: steps between mask updates (Delta T)")
+    update_every: int = _f(100, "rigl/set: steps between mask updates (Delta T)")
     drop_fraction: float = _f(0.3, "rigl/set: initial fraction of active weights dropped per update")
     update_end: float = _f(0.75, "rigl/set: stop updating after this fraction of training")
     # logging and checkpoints
@@ -96,11 +98,13 @@ class TrainConfig:
             d["sparsity"] = 0.0
         return d
 
-    def default_run_id(self) -> str:
-        """``<model>-<dataset>[-s<sparsity>]-<method>-seed<seed>``, plus a short hash of any other
-        non-default setting, so equal settings land in the same directory."""
+    def default_run_id(self, with_hash: bool = True) -> str:
+        """``<model>-<dataset>[-s<sparsity>]-<method>-seed<seed>``, plus (``with_hash``) a short hash of
+        any other non-default setting, so equal settings land in the same directory."""
         sparsity = f"-s{self.sparsity:g}" if self.is_sparse() else ""
         base = f"{self.model}-{self.dataset}{sparsity}-{self.method}-seed{self.seed}"
+        if not with_hash:
+            return base
         defaults = TrainConfig().identity()
         mine = self.identity()
         keys = ("model", "dataset", "method", "sparsity", "seed")

@@ -52,6 +52,15 @@ class Masks:
         return cls({n: random_layer_mask(torch.Size(shapes[n]), counts[n], generator) for n in names})
 
     @classmethod
+    def from_counts(cls, model: nn.Module, counts: Mapping[str, int], seed: int = 0) -> Masks:
+        """Random masks with exactly ``counts[name]`` active weights per layer."""
+        g = torch.Generator().manual_seed(int(seed))
+        named = _named_maskable(model)
+        if set(counts) != {n for n, _ in named}:
+            raise UserError("per-layer counts do not name this model's maskable layers.")
+        return cls({n: random_layer_mask(p.shape, min(int(counts[n]), p.numel()), g) for n, p in named})
+
+    @classmethod
     def dense(cls, model: nn.Module) -> Masks:
         """All-ones masks over the maskable weights."""
         return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in _named_maskable(model)})

@@ -151,6 +151,12 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
         extra.update(parent_run_id=parent.run_id, parent_method=pconf.get("method"))
         if cfg.shuffle_mask:
             masks = shuffled(masks, cfg.seed)
+    elif spec.mask == "parent-or-random" and cfg.match_width:
+        narrow = Masks.dense(build_for(cfg, input_shape, num_classes, width=cfg.match_width))
+        counts = dict(zip(maskable_names(model), narrow.active_counts().values()))
+        masks = Masks.from_counts(model, counts, seed=seed_for(cfg.seed, "mask"))
+        extra.update(matched_dense_params=count_parameters(build_for(cfg, input_shape, num_classes,
+                                                                     width=cfg.match_width)))
     elif spec.mask == "parent-or-random":
         masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense,
                              seed=seed_for(cfg.seed, "mask"))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, field
@@ -97,10 +99,14 @@ def validate(cfg: TrainConfig) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of the software that produced a run."""
-    import sklearn
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        own = version("sparse-gradflow")
+    except PackageNotFoundError:
+        own = "unknown"
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "pandas": pd.__version__, "sklearn": sklearn.__version__}
+            "pandas": pd.__version__, "sparse-gradflow": own}
 
 
 def fixed_indices(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,9 +262,9 @@ def check_output_dir(out: Path) -> None:
     """Create ``out`` if needed; an unwritable location is a UserError."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")  # unique: runs start concurrently
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UserError(f"cannot write to output directory {out} ({exc.strerror or exc}).") from None
 
@@ -314,6 +320,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     else:
         config = cfg.to_dict()
         config.update(extra, run_id=run_id, data_source=data.source, versions=versions(),
+                      input_shape=list(data.input_shape), num_classes=data.num_classes,
                       parent_path=str(parent_path(cfg)) if cfg.parent else None,
                       seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "mask", "data", "grow")}},
                       total_steps=total, steps_per_epoch=steps_per_epoch, lr_resolved=cfg.resolved_lr(),

@@ -150,11 +150,14 @@ class DynamicSparse:
     def is_update_step(self, step: int) -> bool:
         return step > 0 and step % self.every == 0 and step <= self.end
 
-    @torch.no_grad()
     def update(self, step, model, masks, optimizer, grad_fn) -> dict:
+        grads = grad_fn() if self.grow is grow_by_gradient else {}  # needs autograd: outside no_grad
+        with torch.no_grad():
+            return self._swap(step, model, masks, optimizer, grads)
+
+    def _swap(self, step, model, masks, optimizer, grads) -> dict:
         fraction = cosine_fraction(step, self.end, self.alpha)
         params = dict(model.named_parameters())
-        grads = grad_fn() if self.grow is grow_by_gradient else {}
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         dropped, grown = {}, {}
         for n in list(masks):

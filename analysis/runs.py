@@ -1,0 +1,245 @@
+"""Loading runs for notebooks and analysis CLIs: ``load_runs`` (a table) and ``Run`` objects.
+
+Example::
+
+    from analysis.runs import load_runs, select_runs
+    table = load_runs("runs/")                 # one row per run
+    lottery = select_runs("runs/", method="lottery")
+    model = lottery[0].model("end")            # nn.Module with weights; masks in model.masks
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from sparse_training.config import TrainConfig
+from sparse_training.data import Dataset, load_dataset
+from sparse_training.errors import UserError
+from sparse_training.masks import Masks
+from sparse_training.methods import build_for
+from sparse_training.rundir import RunDir
+
+TABLE_COLUMNS = ["run_id", "method", "model", "dataset", "sparsity", "seed", "parent", "state",
+                 "test_acc", "path"]
+
+
+class Run:
+    """One run directory, read lazily: ``.config``, ``.metrics``, ``.checkpoint()``, ``.model()``."""
+
+    def __init__(self, path: str | Path):
+        self.dir = RunDir(path)
+        self.path = self.dir.path
+        self.config: dict = self.dir.read_config()
+        self.status: dict = self.dir.read_status()
+
+    # --- identity ------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def method(self) -> str:
+        return self.config.get("method", "?")
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def sparsity(self) -> float:
+        return float(self.config.get("sparsity", 0.0)) if self.method not in ("dense", "small-dense") else 0.0
+
+    @property
+    def parent(self) -> str | None:
+        return self.config.get("parent_run_id")
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "missing")
+
+    @property
+    def complete(self) -> bool:
+        return self.dir.is_complete()
+
+    @property
+    def architecture(self) -> tuple:
+        """What must agree for two runs' parameters to be comparable."""
+        c = self.config
+        return (c.get("model"), c.get("dataset"), c.get("width"), c.get("small_dense_width"),
+                c.get("activation"), c.get("batchnorm"), c.get("depth"), c.get("hidden"))
+
+    # --- contents ------------------------------------------------------------------
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """metrics.csv as a DataFrame (empty when absent)."""
+        return self.dir.read_metrics()
+
+    @property
+    def final_test_acc(self) -> float:
+        m = self.metrics
+        if len(m) == 0 or "test_acc" not in m:
+            return float("nan")
+        return float(m["test_acc"].iloc[-1])
+
+    def checkpoint(self, which: str | int = "end", phase: str = "") -> dict:
+        """A checkpoint dict (``weights_only=True``): 'start', 'end' or a step (with phase 'pre'/'post')."""
+        return self.dir.load(which, phase)
+
+    def update_steps(self) -> list[int]:
+        """Steps with pre/post mask-update checkpoints (RigL/SET)."""
+        pre = {s for s, _ in self.dir.step_checkpoints("pre")}
+        post = {s for s, _ in self.dir.step_checkpoints("post")}
+        return sorted(pre & post)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config)
+
+    def build(self) -> nn.Module:
+        """The run's architecture with fresh weights."""
+        width = self.config.get("small_dense_width")
+        shape = tuple(self.config.get("input_shape") or ()) or None
+        return build_for(self.train_config(), shape, int(self.config.get("num_classes", 10)), width=width)
+
+    def model(self, which: str | int = "end", phase: str = "", device: str | torch.device = "cpu") -> nn.Module:
+        """The built model holding a checkpoint's weights, in eval mode; its masks in ``model.masks``."""
+        ckpt = self.checkpoint(which, phase)
+        model = self.build()
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError:
+            raise UserError(f"checkpoint {which} of {self.run_id} does not fit its configured model.") from None
+        model.masks = Masks(ckpt["masks"])  # type: ignore[attr-defined]
+        return model.to(device).eval()
+
+    def dataset(self, data_dir: str | None = None) -> Dataset:
+        """The run's dataset (same split as in training)."""
+        return load_dataset(self.config["dataset"], data_dir=data_dir)
+
+    def row(self) -> dict:
+        return {"run_id": self.run_id, "method": self.method, "model": self.config.get("model"),
+                "dataset": self.config.get("dataset"), "sparsity": self.sparsity, "seed": self.seed,
+                "parent": self.parent, "state": self.state, "test_acc": self.final_test_acc,
+                "path": str(self.path)}
+
+    def __repr__(self) -> str:
+        acc = self.final_test_acc
+        return (f"Run({self.run_id!r}, method={self.method}, sparsity={self.sparsity:g}, seed={self.seed}, "
+                f"state={self.state}, test_acc={acc:.4f})")
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise UserError(f"runs directory {root} does not exist.")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")
+                  and (p / "config.json").is_file())
+    if not dirs:
+        raise UserError(f"{root} holds no runs (no sub-directory with a config.json); train some first.")
+    return dirs
+
+
+def select_runs(root: str | Path, method: str | Iterable[str] | None = None, seed: int | Iterable[int] | None = None,
+                run: str | None = None, complete_only: bool = True, warn: bool = True) -> list[Run]:
+    """Runs under ``root`` matching the selectors; incomplete or failed ones are skipped with a warning.
+
+    ``method`` and ``seed`` take a value or a collection; ``run`` is a regular expression on the run id.
+    Raises a UserError when the directory is empty or unrelated, or when nothing matches.
+    """
+    root = Path(root)
+    methods = {method} if isinstance(method, str) else (set(method) if method is not None else None)
+    seeds = {int(seed)} if isinstance(seed, int) else (set(int(s) for s in seed) if seed is not None else None)
+    try:
+        pattern = re.compile(run) if run else None
+    except re.error as exc:
+        raise UserError(f"--run '{run}' is not a valid regular expression ({exc}).") from None
+    out = []
+    for d in _run_dirs(root):
+        try:
+            r = Run(d)
+        except UserError as exc:
+            if warn:
+                warnings.warn(f"skipping {d.name}: {exc}", stacklevel=2)
+            continue
+        if methods is not None and r.method not in methods:
+            continue
+        if seeds is not None and r.seed not in seeds:
+            continue
+        if pattern is not None and not pattern.search(r.run_id):
+            continue
+        if complete_only and not r.complete:
+            if warn:
+                print(f"warning: skipping {r.run_id} ({r.state}: {r.status.get('reason') or 'not complete'})",
+                      file=sys.stderr)
+            continue
+        out.append(r)
+    if not out:
+        raise UserError(f"no {'complete ' if complete_only else ''}run under {root} matches the selection.")
+    return out
+
+
+def load_runs(root: str | Path, complete_only: bool = False, **selectors) -> pd.DataFrame:
+    """One row per run: run_id, method, model, dataset, sparsity, seed, parent, state, test_acc, path."""
+    runs = select_runs(root, complete_only=complete_only, warn=False, **selectors)
+    return pd.DataFrame([r.row() for r in runs], columns=TABLE_COLUMNS)
+
+
+def check_same_architecture(runs: list[Run]) -> None:
+    """Raise a UserError when runs whose parameters will be compared have different architectures."""
+    archs = {r.architecture for r in runs}
+    if len(archs) > 1:
+        names = ", ".join(sorted({f"{a[0]}(width={a[3] or a[2]})" for a in archs}))
+        raise UserError(f"the selected runs have different architectures ({names}); select runs of one architecture with --method/--run.")
+
+
+def pruning_solution(runs: list[Run], run: Run) -> Run | None:
+    """The prune run a run derives from: its parent, or itself if it is a prune run."""
+    if run.method == "prune":
+        return run
+    by_id = {r.run_id: r for r in runs}
+    return by_id.get(run.parent) if run.parent else None
+
+
+# --- shared CLI pieces -------------------------------------------------------------------
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The selectors and options every analysis CLI takes."""
+    parser.add_argument("runs", help="runs directory")
+    parser.add_argument("--method", action="append", default=None,
+                        help="only runs of this method (repeatable)")
+    parser.add_argument("--seed", type=int, action="append", default=None, help="only runs with this seed (repeatable)")
+    parser.add_argument("--run", default=None, help="only runs whose id matches this regular expression")
+    parser.add_argument("--out", default=None, help="output directory (default: <runs>/_analysis)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--data-dir", default=None, help="directory with full-size datasets")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """The directory an analysis writes to (created)."""
+    out = Path(args.out) if args.out else Path(args.runs) / "_analysis"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to output directory {out} ({exc.strerror or exc}).") from None
+    return out
+
+
+def runs_from_args(args: argparse.Namespace, **defaults) -> list[Run]:
+    """Select runs from the common CLI arguments (``defaults`` fill selectors not given)."""
+    method = args.method or defaults.get("method")
+    seed = args.seed or defaults.get("seed")
+    return select_runs(args.runs, method=method, seed=seed, run=args.run)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; asking for CUDA without one is a UserError."""
+    from sparse_training.trainer import select_device
+
+    return select_device(name)

@@ -1,0 +1,289 @@
+"""Command line: run a preset's graph of runs in dependency order, J at a time, locally or via SLURM.
+
+It is idempotent (finished runs are skipped), resumes interrupted runs, and when some runs fail it
+finishes the others, prints a table of failures with reasons and exits with code 1.
+
+Example::
+
+    python -m sparse_training.suite --preset paper-lenet5 --out runs/ --seeds 5 --jobs 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .errors import UserError, cli_entry
+from .presets import PRESETS, RunSpec, preset_runs
+from .rundir import RunDir
+from .trainer import check_output_dir
+
+LAUNCHERS = ("local", "submitit")
+
+
+def config_to_argv(cfg: TrainConfig) -> list[str]:
+    """Command-line flags reproducing ``cfg`` (only the fields that differ from the defaults)."""
+    argv: list[str] = []
+    default = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                argv.append(flag)
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_argv(spec: RunSpec, out: Path, device: str, threads: int, resume: bool) -> list[str]:
+    """Arguments of ``sparse_training.train`` for one run of the suite."""
+    cfg = spec.config
+    if spec.parent:
+        cfg = dataclasses.replace(cfg, parent=str(out / spec.parent))
+    argv = config_to_argv(cfg) + ["--out", str(out), "--run-id", spec.run_id, "--quiet",
+                                  "--device", device, "--threads", str(threads)]
+    return argv + (["--resume"] if resume else [])
+
+
+def train_job(argv: list[str], log_path: str | None = None) -> int:
+    """Run one training in this process (the worker and submitit job function); returns its exit code.
+
+    With ``log_path`` the run's output is appended to that file.
+    """
+    import contextlib
+
+    from .train import main
+
+    with contextlib.ExitStack() as stack:
+        if log_path is not None:
+            log = stack.enter_context(open(log_path, "a"))
+            stack.enter_context(contextlib.redirect_stdout(log))
+            stack.enter_context(contextlib.redirect_stderr(log))
+        try:
+            return int(main(argv) or 0)
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        except Exception as exc:  # recorded in status.json by the trainer; also logged here
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+@dataclass
+class Handle:
+    """A started run: a future of the local worker pool or a submitit job."""
+
+    spec: RunSpec
+    job: object
+
+    def poll(self) -> int | None:
+        if not self.job.done():  # type: ignore[attr-defined]
+            return None
+        try:
+            return int(self.job.result())  # type: ignore[attr-defined]
+        except Exception:  # a crashed worker or job: its reason is in status.json or the log
+            return 1
+
+
+class Launcher:
+    """Starts runs in a pool of worker processes (each imports torch once) or through submitit
+    (SLURM, or submitit's local executor where there is no SLURM)."""
+
+    def __init__(self, kind: str, out: Path, jobs: int, threads: int, slurm_partition: str | None,
+                 slurm_time: int, slurm_gpus: int):
+        self.kind, self.out = kind, out
+        if kind == "submitit":
+            import submitit
+
+            cluster = None if _has_slurm() else "local"
+            self.executor = submitit.AutoExecutor(folder=str(out / "_submitit" / "%j"), cluster=cluster)
+            params = {"timeout_min": int(slurm_time)}
+            if _has_slurm():
+                params.update(slurm_gpus_per_node=slurm_gpus)
+                if slurm_partition:
+                    params["slurm_partition"] = slurm_partition
+            self.executor.update_parameters(**params)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.executor = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(threads,))
+
+    def start(self, spec: RunSpec, argv: list[str]) -> Handle:
+        if self.kind == "submitit":
+            return Handle(spec, self.executor.submit(train_job, argv))
+        logs = self.out / "_logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        return Handle(spec, self.executor.submit(train_job, argv, str(logs / f"{spec.run_id}.log")))
+
+    def close(self) -> None:
+        if self.kind == "local":
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _has_slurm() -> bool:
+    from shutil import which
+
+    return which("sbatch") is not None and "SLURM_DISABLED" not in os.environ
+
+
+def failure_reason(out: Path, run_id: str, code: int) -> str:
+    """Why a run failed: status.json's reason, else the last line of its log, else its exit code."""
+    status = RunDir(out / run_id).read_status()
+    if status.get("reason"):
+        return str(status["reason"])
+    log = out / "_logs" / f"{run_id}.log"
+    if log.is_file():
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:200]
+    return f"exit code {code}"
+
+
+def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: str = "local",
+              device: str = "cpu", threads: int = 1, quiet: bool = False, slurm_partition: str | None = None,
+              slurm_time: int = 60, slurm_gpus: int = 0) -> pd.DataFrame:
+    """Run ``specs`` in dependency order, ``jobs`` at a time; returns one row per run (run_id, state, reason)."""
+    out = Path(out)
+    check_output_dir(out)
+    if launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}.")
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1.")
+    ids = {s.run_id for s in specs}
+    for s in specs:
+        missing = [d for d in s.depends_on if d not in ids]
+        if missing:
+            raise UserError(f"run {s.run_id} depends on {missing}, which the preset does not define.")
+    launch = Launcher(launcher, out, jobs, threads, slurm_partition, slurm_time, slurm_gpus)
+    results: dict[str, tuple[str, str]] = {}
+    pending = []
+    for s in specs:
+        if RunDir(out / s.run_id).is_complete():
+            results[s.run_id] = ("skipped (complete)", "")
+        else:
+            pending.append(s)
+    running: list[Handle] = []
+    bar = tqdm(total=len(specs), initial=len(results), disable=quiet, desc="suite", unit="run",
+               dynamic_ncols=True, file=sys.stderr)
+    postfix = ""
+    try:
+        while pending or running:
+            for s in list(pending):
+                bad = [d for d in s.depends_on if d in results and results[d][0] == "failed"]
+                if bad:
+                    results[s.run_id] = ("failed", f"parent {bad[0]} failed")
+                    pending.remove(s)
+                    bar.update(1)
+            for s in list(pending):
+                if len(running) >= jobs:
+                    break
+                if all(d in results and results[d][0] != "failed" for d in s.depends_on):
+                    resume = RunDir(out / s.run_id).exists()
+                    running.append(launch.start(s, run_argv(s, out, device, threads, resume)))
+                    pending.remove(s)
+            names = ", ".join(h.spec.run_id for h in running)[:80]
+            if names != postfix:
+                postfix = names
+                bar.set_postfix_str(names)
+            for h in list(running):
+                code = h.poll()
+                if code is None:
+                    continue
+                running.remove(h)
+                ok = code == 0 and RunDir(out / h.spec.run_id).is_complete()
+                results[h.spec.run_id] = ("complete", "") if ok else \
+                    ("failed", failure_reason(out, h.spec.run_id, code))
+                bar.update(1)
+            if running:
+                time.sleep(0.2)
+    finally:  # on interruption the runs' checkpoints let the next call resume them
+        launch.close()
+        bar.close()
+    return pd.DataFrame([{"run_id": s.run_id, "state": results[s.run_id][0], "reason": results[s.run_id][1]}
+                         for s in specs])
+
+
+def accuracy_table(out: str | Path, specs: list[RunSpec]) -> pd.DataFrame:
+    """Final test accuracy per method: mean, std and count over the preset's complete runs."""
+    rows = []
+    for s in specs:
+        run = RunDir(Path(out) / s.run_id)
+        if run.is_complete():
+            m = run.read_metrics()
+            rows.append({"method": s.config.method, "seed": s.config.seed, "test_acc": float(m["test_acc"].iloc[-1])})
+    frame = pd.DataFrame(rows, columns=["method", "seed", "test_acc"])
+    order = {m: i for i, m in enumerate(dict.fromkeys(s.config.method for s in specs))}
+    table = frame.groupby("method")["test_acc"].agg(["mean", "std", "count"]).reset_index()
+    return table.sort_values("method", key=lambda c: c.map(order)).reset_index(drop=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    presets = "; ".join(f"{k}: {v[0]}" for k, v in PRESETS.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_training.suite",
+        description=f"Run a preset's graph of runs in dependency order. Presets — {presets}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", required=True, help="preset name: " + ", ".join(PRESETS))
+    parser.add_argument("--out", default="runs", help="runs directory")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                        help="local processes, or submitit (SLURM; its local executor where there is no SLURM)")
+    parser.add_argument("--device", default="cpu", help="device of each run: cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
+    parser.add_argument("--slurm-time", type=int, default=60, help="SLURM time limit per run, minutes")
+    parser.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per SLURM job")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    specs = preset_runs(args.preset, args.seeds)
+    if args.dry_run:
+        for s in specs:
+            print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))
+        return 0
+    t0 = time.time()
+    results = run_suite(specs, args.out, args.jobs, args.launcher, args.device, args.threads, args.quiet,
+                        args.slurm_partition, args.slurm_time, args.slurm_gpus)
+    done = (results["state"] != "failed").sum()
+    print(f"{args.preset}: {done}/{len(specs)} runs complete in {time.time() - t0:.0f} s -> {args.out}")
+    table = accuracy_table(args.out, specs)
+    if len(table):
+        print("\nfinal test accuracy by method (mean ± std over seeds):")
+        for _, r in table.iterrows():
+            std = 0.0 if pd.isna(r["std"]) else r["std"]
+            print(f"  {r['method']:<12} {100 * r['mean']:6.2f} ± {100 * std:4.2f} %  (n={int(r['count'])})")
+    failed = results[results["state"] == "failed"]
+    if len(failed):
+        print(f"\n{len(failed)} run(s) failed:", file=sys.stderr)
+        print(failed[["run_id", "reason"]].to_string(index=False), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
