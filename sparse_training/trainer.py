@@ -353,8 +353,7 @@ def run_training(cfg: TrainConfig, out: str | Path, run_id: str | None = None, r
     trainer = setup_run(cfg, out, run_id, resume, device, data_dir, quiet)
     run = RunDir(Path(out) / (run_id or cfg.default_run_id()))
     if trainer is None:
-        if not quiet:
-            print(f"{run.path} is already complete; nothing to do.")
+        print(f"{run.path} is already complete; nothing to do.")
         return run
     try:
         last = trainer.fit()

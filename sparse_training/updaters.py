@@ -115,7 +115,7 @@ class GradualPruner:
         if self.scope == "global":
             total = sum(masks[n].numel() for n in names)
             keep = round((1.0 - sparsity) * total)
-            scores = torch.cat([torch.where(masks[n], params[n].abs(), torch.zeros_like(params[n])).reshape(-1).cpu()
+            scores = torch.cat([torch.where(masks[n], params[n].abs(), torch.full_like(params[n], -1.0)).reshape(-1).cpu()
                                 for n in names])
             order = torch.argsort(scores, descending=True, stable=True)[:keep]
             flat = torch.zeros(total, dtype=torch.bool)

@@ -1,0 +1,211 @@
+"""Tests of landscape.hessian and landscape.exact: HVPs against the exact Hessian, double backward and finite differences."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator
+from torch import nn
+
+from landscape.exact import dense_matrix, exact_hessian
+from landscape.hessian import HessianOperator, LambdaOperator, gradient
+from landscape.params import ParamSpace
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models on a shared machine: extra threads only add contention.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def masked_mlp(seed: int = 0):
+    """A 10-16-8-3 tanh MLP with 50% random masks (weights zeroed off-mask) and 200 points."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)
+    )
+    masks = {
+        n: torch.rand(p.shape, generator=gen) < 0.5
+        for n, p in model.named_parameters()
+        if p.dim() > 1
+    }
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    x = torch.randn(200, 10, generator=gen)
+    y = torch.randint(0, 3, (200,), generator=gen)
+    return model, masks, (x, y)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    model, masks, data = masked_mlp()
+    H = exact_hessian(model, F.cross_entropy, data, masks, chunk_size=64)
+    return model, masks, data, H
+
+
+def test_exact_hessian_is_symmetric_and_sized(problem):
+    model, masks, _, H = problem
+    space = ParamSpace(model, masks)
+    assert H.shape == (space.size, space.size)
+    assert H.dtype == torch.float64
+    assert torch.allclose(H, H.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["forward-over-reverse", "double-backward"])
+@pytest.mark.parametrize("cache", [True, False])
+def test_hvp_matches_exact_hessian(problem, method, cache):
+    model, masks, data, H = problem
+    op = HessianOperator(
+        model, F.cross_entropy, data, masks, dtype=torch.float64, chunk_size=64,
+        method=method, cache=cache,
+    )
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(op.size, generator=gen, dtype=torch.float64)
+        assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert op.matvecs == 3
+    if cache and method == "forward-over-reverse":
+        assert op.cache_info.startswith("on")
+
+
+def test_forward_over_reverse_agrees_with_double_backward(problem):
+    model, masks, data, _ = problem
+    kw = dict(dtype=torch.float64, chunk_size=50)
+    fwd = HessianOperator(model, F.cross_entropy, data, masks, cache=False, **kw)
+    dbl = HessianOperator(model, F.cross_entropy, data, masks, method="double-backward", **kw)
+    v = torch.randn(fwd.size, dtype=torch.float64)
+    assert torch.allclose(fwd.matvec(v), dbl.matvec(v), rtol=1e-12, atol=1e-14)
+
+
+def test_hvp_matches_central_finite_differences(problem):
+    model, masks, data, _ = problem
+    op = HessianOperator(model, F.cross_entropy, data, masks, dtype=torch.float64, cache=False)
+    space = op.space
+    theta = op.point()
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    v /= v.norm()
+    eps = 1e-4
+    shifted = model.double()  # a float64 copy of the model is what the operator sees
+    grads = []
+    for sign in (1.0, -1.0):
+        space.load_into(shifted, theta + sign * eps * v)
+        grads.append(gradient(shifted, F.cross_entropy, data, masks, dtype=torch.float64))
+    fd = (grads[0] - grads[1]) / (2 * eps)
+    hv = op.matvec(v)
+    assert torch.allclose(hv, fd, rtol=1e-6, atol=1e-8)
+    space.load_into(shifted, theta)  # leave the shared fixture as it was
+    model.float()
+
+
+def test_gradient_matches_autograd(problem):
+    model, masks, data, _ = problem
+    x, y = data
+    g = gradient(model, F.cross_entropy, data, masks, dtype=torch.float64, chunk_size=37)
+    m64 = torch.nn.Sequential(*[layer for layer in model]).double()
+    loss = F.cross_entropy(m64(x.double()), y)
+    full = dict(zip([n for n, _ in m64.named_parameters()], torch.autograd.grad(loss, list(m64.parameters()))))
+    expected = ParamSpace(model, masks).to_vector(full)
+    model.float()
+    assert torch.allclose(g, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_operator_and_float32(problem):
+    model, masks, data, H = problem
+    op = HessianOperator(model, F.cross_entropy, data, masks, dtype=torch.float32)
+    assert op.dtype == torch.float32
+    lin = op.as_linear_operator()
+    assert isinstance(lin, LinearOperator)
+    assert lin.shape == (op.size, op.size)
+    v = np.random.default_rng(0).standard_normal(op.size)
+    out = lin @ v
+    assert out.dtype == np.float32
+    expected = (H @ torch.from_numpy(v)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_lambda_operator_and_dense_matrix():
+    A = torch.randn(6, 6, dtype=torch.float64)
+    A = A + A.T
+    op = LambdaOperator.from_matrix(A)
+    assert torch.allclose(dense_matrix(op), A)
+    assert op.matvecs == 6
+    with pytest.raises(ValueError):
+        op.matvec(torch.zeros(5))
+
+
+def test_set_point_and_caller_model_untouched(problem):
+    model, masks, data, _ = problem
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    op = HessianOperator(model, F.cross_entropy, data, masks, dtype=torch.float64)
+    v = torch.randn(op.size, dtype=torch.float64)
+    hv0 = op.matvec(v)
+    assert model.training
+    for k, t in model.state_dict().items():
+        assert torch.equal(t, before[k]) and t.dtype == before[k].dtype
+    shifted = {k: t * 1.5 for k, t in before.items()}
+    op.set_point(shifted)
+    assert op.cache_info == "not built yet"
+    hv1 = op.matvec(v)
+    assert not torch.allclose(hv0, hv1)
+    op.set_point(model)
+    assert torch.allclose(op.matvec(v), hv0, rtol=1e-12, atol=1e-14)
+    model.eval()
+
+
+class _NoForwardAD(torch.autograd.Function):
+    """tanh whose backward is differentiable but which torch.func cannot transform."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = torch.tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return grad * (1 - out * out)
+
+
+class _Act(nn.Module):
+    def forward(self, x):
+        return _NoForwardAD.apply(x)
+
+
+def test_falls_back_to_double_backward():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), _Act(), nn.Linear(5, 2))
+    data = (torch.randn(30, 4), torch.randint(0, 2, (30,)))
+    op = HessianOperator(model, F.cross_entropy, data, dtype=torch.float64, cache=False)
+    v = torch.randn(op.size, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="double backward"):
+        hv = op.matvec(v)
+    assert op.method == "double-backward"
+    ref = HessianOperator(
+        nn.Sequential(model[0], nn.Tanh(), model[2]), F.cross_entropy, data, dtype=torch.float64
+    )
+    assert torch.allclose(hv, ref.matvec(v), rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_model_uses_running_stats():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    with torch.no_grad():
+        model.train()
+        model(x)  # non-trivial running stats
+    model.train()
+    H = exact_hessian(model, F.cross_entropy, (x, y))
+    op = HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64, chunk_size=7)
+    v = torch.randn(op.size, dtype=torch.float64)
+    # chunking is exact only because eval mode makes the loss a sum over examples
+    assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert model.training

@@ -1,0 +1,196 @@
+"""Tests of sparse_training.models: registry shapes, exact layer structure and parameter counts, options."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparse_training.errors import UserError
+from sparse_training.models import (
+    ACTIVATIONS,
+    DEFAULT_INPUT,
+    MLP,
+    MODELS,
+    LeNet5,
+    build_model,
+    count_parameters,
+    make_activation,
+)
+
+
+def linear_params(*dims: int) -> int:
+    """Hand count of a chain of Linear layers with biases."""
+    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registry_model_forward_shape(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=7)
+    x = torch.randn(2, *DEFAULT_INPUT[name])
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    # the two samples are different inputs, so the outputs must differ (not a constant network)
+    assert not torch.allclose(out[0], out[1])
+    assert isinstance(model.nonlinearity, str) and model.nonlinearity in ACTIVATIONS
+
+
+def test_registry_and_default_inputs_agree():
+    assert set(MODELS) == set(DEFAULT_INPUT)
+
+
+def test_lenet5_layer_structure_and_count():
+    model = build_model("lenet5")
+    assert isinstance(model, LeNet5)
+    assert (model.conv1.in_channels, model.conv1.out_channels, model.conv1.kernel_size) == (1, 6, (5, 5))
+    assert (model.conv2.in_channels, model.conv2.out_channels, model.conv2.kernel_size) == (6, 16, (5, 5))
+    assert (model.fc1.in_features, model.fc1.out_features) == (256, 120)
+    assert (model.fc2.in_features, model.fc2.out_features) == (120, 84)
+    assert (model.fc3.in_features, model.fc3.out_features) == (84, 10)
+    hand = (6 * 1 * 25 + 6) + (16 * 6 * 25 + 16) + linear_params(256, 120, 84, 10)
+    assert hand == 44_426
+    assert count_parameters(model) == 44_426
+
+
+def test_lenet300_structure_and_count():
+    model = build_model("lenet300")
+    dims = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert dims == [(784, 300), (300, 100), (100, 10)]
+    assert linear_params(784, 300, 100, 10) == 266_610
+    assert count_parameters(model) == 266_610
+
+
+def test_lenet5_on_other_image_sizes():
+    # 32x32 (e.g. CIFAR): ((32-4)/2-4)/2 = 5 -> fc1 takes 16*5*5 = 400 features
+    model = build_model("lenet5", input_shape=(3, 32, 32))
+    assert model.fc1.in_features == 400
+    assert model.conv1.in_channels == 3
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300", "mlp", "mnist1d-mlp", "mnist1d-cnn", "resnet18"])
+def test_width_makes_count_monotone(name):
+    counts = [count_parameters(build_model(name, width=w)) for w in (0.25, 0.5, 1.0, 1.5)]
+    assert all(a < b for a, b in zip(counts[:-1], counts[1:])), counts
+
+
+def test_width_scales_hidden_widths_exactly():
+    lenet = build_model("lenet5", width=0.5)
+    assert (lenet.conv1.out_channels, lenet.conv2.out_channels) == (3, 8)
+    assert (lenet.fc1.out_features, lenet.fc2.out_features, lenet.fc3.out_features) == (60, 42, 10)
+    assert lenet.fc1.in_features == 8 * 4 * 4
+    mlp = build_model("lenet300", width=2.0)
+    dims = [(m.in_features, m.out_features) for m in mlp.modules() if isinstance(m, nn.Linear)]
+    assert dims == [(784, 600), (600, 200), (200, 10)]
+    assert count_parameters(mlp) == linear_params(784, 600, 200, 10)
+    # tiny widths never reach zero units
+    tiny = build_model("lenet300", width=0.001)
+    assert [m.out_features for m in tiny.modules() if isinstance(m, nn.Linear)] == [1, 1, 10]
+
+
+def test_vgg16_width_scales_convs():
+    full = [m.out_channels for m in build_model("vgg16").modules() if isinstance(m, nn.Conv2d)]
+    half = [m.out_channels for m in build_model("vgg16", width=0.125).modules() if isinstance(m, nn.Conv2d)]
+    assert full == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    assert half == [c // 8 for c in full]
+
+
+@pytest.mark.parametrize("depth,hidden", [(1, 16), (3, 32), (5, 8)])
+def test_mlp_depth_and_hidden(depth, hidden):
+    model = build_model("mlp", input_shape=(20,), num_classes=3, depth=depth, hidden=hidden)
+    assert isinstance(model, MLP)
+    dims = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert dims == [(20, hidden)] + [(hidden, hidden)] * (depth - 1) + [(hidden, 3)]
+    assert count_parameters(model) == linear_params(20, *([hidden] * depth), 3)
+    assert model(torch.randn(2, 20)).shape == (2, 3)
+
+
+def test_mlp_batchnorm_option():
+    plain = build_model("mlp", input_shape=(20,), depth=3, hidden=16)
+    bn = build_model("mlp", input_shape=(20,), depth=3, hidden=16, batchnorm=True)
+    norms = [m for m in bn.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(norms) == 3 and all(m.num_features == 16 for m in norms)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.modules())
+    assert count_parameters(bn) == count_parameters(plain) + 3 * 2 * 16
+    # in train mode each hidden pre-activation is normalized: the first BN output has batch mean 0, var 1
+    outs = []
+    hook = norms[0].register_forward_hook(lambda m, i, o: outs.append(o))
+    bn.train()
+    bn(torch.randn(64, 20) * 5 + 3)
+    hook.remove()
+    assert torch.allclose(outs[0].mean(0), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(outs[0].var(0, unbiased=False), torch.ones(16), atol=1e-3)
+
+
+def test_mlp_skip_adds_identity_between_equal_widths():
+    torch.manual_seed(0)
+    kw = dict(input_shape=(6,), num_classes=2, depth=3, hidden=4)
+    skip = build_model("mlp", skip=True, **kw)
+    plain = build_model("mlp", skip=False, **kw)
+    plain.load_state_dict(skip.state_dict())
+    with torch.no_grad():
+        # hidden layers 2 and 3 (4 -> 4) output zero: a residual block is then the identity
+        for layer in list(skip.layers)[1:] + list(plain.layers)[1:]:
+            layer.weight.zero_()
+            layer.bias.zero_()
+    x = torch.randn(5, 6)
+    h1 = torch.relu(skip.layers[0](x))
+    expected_skip = skip.head(h1)                      # h1 + 0 + 0
+    expected_plain = skip.head(torch.zeros_like(h1))   # relu(0) = 0 through the chain
+    assert torch.allclose(skip(x), expected_skip, atol=1e-6)
+    assert torch.allclose(plain(x), expected_plain, atol=1e-6)
+    assert not torch.allclose(skip(x), plain(x))
+
+
+def test_mlp_skip_forward_matches_manual_residual():
+    torch.manual_seed(1)
+    model = build_model("mlp", input_shape=(6,), num_classes=2, depth=3, hidden=4, skip=True, activation="tanh")
+    x = torch.randn(3, 6)
+    h = torch.tanh(model.layers[0](x))       # 6 -> 4: widths differ, no skip
+    h = h + torch.tanh(model.layers[1](h))   # 4 -> 4: residual
+    h = h + torch.tanh(model.layers[2](h))
+    assert torch.allclose(model(x), model.head(h), atol=1e-6)
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_mlp_every_activation(act):
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(5,), num_classes=3, depth=1, hidden=4, activation=act)
+    assert model.nonlinearity == act
+    assert isinstance(model.acts[0], type(make_activation(act)))
+    x = torch.randn(4, 5)
+    reference = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+                 "swish": lambda z: z * torch.sigmoid(z), "elu": torch.nn.functional.elu,
+                 "prelu": lambda z: torch.where(z >= 0, z, 0.25 * z)}[act]
+    manual = model.head(reference(model.layers[0](x)))
+    assert torch.allclose(model(x), manual, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mlp", "vgg16"])
+def test_activation_option_reaches_model(name):
+    model = build_model(name, activation="tanh", width=0.25)
+    assert model.nonlinearity == "tanh"
+    assert any(isinstance(m, nn.Tanh) for m in model.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+
+
+def test_unknown_model_raises_user_error():
+    with pytest.raises(UserError, match="unknown model 'lenet7'"):
+        build_model("lenet7")
+
+
+def test_unknown_activation_raises_user_error():
+    with pytest.raises(UserError, match="unknown activation"):
+        build_model("mlp", activation="gelu-ish")
+
+
+def test_lenet5_too_small_input_raises_user_error():
+    with pytest.raises(UserError, match="16x16"):
+        build_model("lenet5", input_shape=(1, 8, 8))
+    with pytest.raises(UserError):
+        build_model("lenet5", input_shape=(40,))  # not an image at all
+    # 16x16 is the smallest size that leaves a 1x1 map
+    assert build_model("lenet5", input_shape=(1, 16, 16)).fc1.in_features == 16

@@ -1,0 +1,216 @@
+"""The train CLI end to end: run-directory contract, reproducibility, resume after SIGKILL, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from sparse_training.rundir import RunDir
+from sparse_training.train import main
+
+TINY = ["--model", "mlp", "--dataset", "digits", "--hidden", "16", "--depth", "2", "--steps", "40",
+        "--log-every", "10", "--checkpoint-every", "10", "--quiet", "--threads", "1"]
+
+
+def train(out: Path, *extra: str) -> int:
+    return main([*TINY, "--out", str(out), *extra])
+
+
+def same_bits(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def scratch_run(tmp_path_factory) -> RunDir:
+    out = tmp_path_factory.mktemp("train")
+    assert train(out, "--method", "scratch+", "--sparsity", "0.8", "--run-id", "r") == 0
+    return RunDir(out / "r")
+
+
+def test_run_directory_contract(scratch_run):
+    run = scratch_run
+    status = json.loads(run.status_path.read_text())
+    assert status["state"] == "complete" and status["step"] == 40
+    config = run.read_config()
+    for key in ("method", "parent_run_id", "seeds", "data_source", "versions", "input_shape"):
+        assert key in config
+    assert config["method"] == "scratch+" and config["init_scheme"] == "sparse"
+    assert "load_digits" in config["data_source"] or "digits" in config["data_source"]
+    metrics = pd.read_csv(run.metrics_path)
+    required = {"step", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "sparsity",
+                "grad_norm", "egf1", "egf2", "egf2_per_weight", "dist_to_start", "grad_norm/layers.0"}
+    assert required <= set(metrics.columns)
+    # early geometric logging (1, 2, 4, 8) plus every 10 steps
+    assert list(metrics["step"]) == [0, 1, 2, 4, 8, 10, 20, 30, 40]
+    assert metrics["dist_to_start"].iloc[0] == 0 and metrics["dist_to_start"].iloc[-1] > 0
+    assert (metrics["sparsity"] - 0.8).abs().max() < 0.01
+    for which in ("start", "end"):
+        ckpt = torch.load(run.checkpoint_path(which), weights_only=True)
+        assert set(ckpt) >= {"model", "masks", "step", "epoch"}
+    periodic = torch.load(run.checkpoint_path(30), weights_only=True)  # keep 1: the latest < end
+    assert "optimizer" in periodic and "rng" in periodic
+    assert [s for s, _ in run.step_checkpoints()] == [30]
+
+
+def test_masked_weights_stay_zero_and_grad_norm_is_masked(scratch_run):
+    end = scratch_run.load("end")
+    for name, mask in end["masks"].items():
+        assert torch.all(end["model"][name][~mask] == 0)
+    start = scratch_run.load("start")
+    assert all(torch.equal(start["masks"][n], end["masks"][n]) for n in start["masks"])
+
+
+def test_grad_norm_matches_direct_computation(scratch_run):
+    """The logged step-0 gradient norm equals a direct masked-gradient computation on the fixed batch."""
+    from analysis.runs import Run
+    from sparse_training.trainer import fixed_indices
+
+    run = Run(scratch_run.path)
+    model = run.model("start")
+    data = run.dataset()
+    idx, _ = fixed_indices(len(data.x_train), 1000)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    masks = model.masks
+    total = 0.0
+    for (name, _), g in zip(model.named_parameters(), grads):
+        if name in masks:
+            g = g * masks[name]
+        total += g.double().pow(2).sum().item()
+    assert run.metrics["grad_norm"].iloc[0] == pytest.approx(total**0.5, rel=1e-5)
+
+
+def test_same_seed_same_bits(tmp_path):
+    for rid in ("a", "b"):
+        assert train(tmp_path, "--method", "rigl", "--sparsity", "0.8", "--update-every", "10",
+                     "--run-id", rid) == 0
+    a, b = RunDir(tmp_path / "a").load("end"), RunDir(tmp_path / "b").load("end")
+    assert same_bits(a["model"], b["model"]) and same_bits(a["masks"], b["masks"])
+    assert train(tmp_path, "--method", "rigl", "--sparsity", "0.8", "--update-every", "10",
+                 "--seed", "1", "--run-id", "c") == 0
+    c = RunDir(tmp_path / "c").load("end")
+    assert not same_bits(a["model"], c["model"])
+
+
+def test_rerun_of_complete_run_is_a_no_op(scratch_run, capsys):
+    before = scratch_run.metrics_path.stat().st_mtime_ns
+    assert train(scratch_run.path.parent, "--method", "scratch+", "--sparsity", "0.8", "--run-id", "r") == 0
+    assert scratch_run.metrics_path.stat().st_mtime_ns == before
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_resume_after_sigkill_gives_identical_end(tmp_path):
+    """Kill a training subprocess mid-run, resume it, compare end.pt with an uninterrupted run."""
+    args = ["--model", "mlp", "--dataset", "digits", "--hidden", "64", "--depth", "2", "--steps", "500",
+            "--log-every", "50", "--checkpoint-every", "25", "--quiet", "--threads", "1",
+            "--method", "rigl", "--sparsity", "0.8", "--update-every", "40", "--optimizer", "adam"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sparse_training.train", *args, "--out", str(tmp_path)]
+    proc = subprocess.Popen([*cmd, "--run-id", "killed"], env=env)
+    run = RunDir(tmp_path / "killed")
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(s >= 25 for s, _ in run.step_checkpoints()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not run.is_complete(), "the run finished before it could be killed"
+    assert run.read_status()["state"] == "running"
+    # without --resume an unfinished run is refused
+    refused = subprocess.run([*cmd, "--run-id", "killed"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    subprocess.run([*cmd, "--run-id", "killed", "--resume"], env=env, check=True)
+    subprocess.run([*cmd, "--run-id", "whole"], env=env, check=True)
+    a, b = run.load("end"), RunDir(tmp_path / "whole").load("end")
+    assert same_bits(a["model"], b["model"]) and same_bits(a["masks"], b["masks"])
+    ma, mb = run.read_metrics(), RunDir(tmp_path / "whole").read_metrics()
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+def expect_exit2(capsys, argv: list[str], words: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--model", "resnet1000", "unknown model"),
+    ("--dataset", "imagenet", "unknown dataset"),
+    ("--method", "magic", "unknown method"),
+    ("--optimizer", "lion", "unknown optimizer"),
+    ("--sparsity", "1.0", "sparsity must lie in [0, 1)"),
+    ("--sparsity", "-0.1", "sparsity must lie in [0, 1)"),
+    ("--run-id", "Bad/Id", "run id"),
+])
+def test_bad_input_exit_2(tmp_path, capsys, flag, value, words):
+    argv = [*TINY, "--out", str(tmp_path), "--method", "scratch", flag, value]
+    # argparse rejects choices itself with exit 2; our checks cover the rest
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err or "invalid choice" in err
+    assert not any(p.name != "_logs" for p in tmp_path.iterdir()), "nothing may be written"
+
+
+def test_missing_full_size_dataset(tmp_path, capsys):
+    expect_exit2(capsys, ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                          "--quiet"], "cifar")
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    expect_exit2(capsys, [*TINY, "--out", str(blocker / "runs")], "cannot write to output directory")
+
+
+def test_corrupt_checkpoint_on_resume(tmp_path, capsys):
+    args = [*TINY, "--out", str(tmp_path), "--method", "scratch", "--sparsity", "0.5", "--run-id", "c"]
+    assert main(args) == 0
+    run = RunDir(tmp_path / "c")
+    run.write_status("running", 30)  # pretend it was interrupted
+    (run.ckpt_dir / "end.pt").unlink()
+    ckpt = run.checkpoint_path(30)
+    ckpt.write_bytes(ckpt.read_bytes()[:200])  # truncated
+    other = tmp_path / "other.txt"
+    other.write_text("keep")
+    expect_exit2(capsys, [*args, "--resume"], "corrupt or truncated")
+    assert other.read_text() == "keep" and ckpt.stat().st_size == 200
+
+
+def test_nan_loss_marks_failed_and_keeps_last_checkpoint(tmp_path, capsys):
+    args = [*TINY, "--out", str(tmp_path), "--method", "dense", "--lr", "1e12", "--optimizer", "sgd",
+            "--schedule", "constant", "--run-id", "nan"]
+    expect_exit2(capsys, args, "became")
+    run = RunDir(tmp_path / "nan")
+    status = run.read_status()
+    assert status["state"] == "failed" and ("nan" in status["reason"] or "inf" in status["reason"])
+    assert run.checkpoint_path("start").is_file() and not run.checkpoint_path("end").is_file()
+    torch.load(run.checkpoint_path("start"), weights_only=True)
+
+
+def test_other_runs_untouched_by_failures(scratch_run, capsys):
+    before = {p: p.stat().st_mtime_ns for p in scratch_run.path.rglob("*")}
+    with pytest.raises(SystemExit):
+        main([*TINY, "--out", str(scratch_run.path.parent), "--method", "scratch", "--sparsity", "2"])
+    assert {p: p.stat().st_mtime_ns for p in scratch_run.path.rglob("*")} == before
+
+
+def test_help_lists_flags(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--method", "--sparsity", "--resume", "--device", "--update-every", "--prune-start"):
+        assert flag in out
