@@ -49,7 +49,7 @@ def get_method(name: str) -> MethodSpec:
 
 def seed_for(seed: int, purpose: str) -> int:
     """A stable per-purpose seed, so init, mask, data order and growth draw from separate streams."""
-    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5}
+    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5, "reinit": 6}
     return int(seed) * 1_000_003 + offsets[purpose]
 
 
@@ -172,8 +172,11 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
         masks.apply(model)
         extra.update(rewind_step=cfg.rewind)
     else:
+        # Runs that start sparse draw from their own stream: with the dense stream, scratch seed s
+        # would start from exactly the weights of prune seed s, i.e. from the lottery ticket.
+        stream = "init" if spec.mask in ("none", "dense-then-prune") else "reinit"
         initialize(model, masks if spec.mask != "none" else None, init_scheme, cfg.init_mode,
-                   cfg.init_dist, seed=seed_for(cfg.seed, "init"))
+                   cfg.init_dist, seed=seed_for(cfg.seed, stream))
     extra.update(init_scheme=init_scheme if spec.weights == "init" else "parent-rewind",
                  maskable_layers=maskable_names(model),
                  total_params=count_parameters(model), active_maskable=masks.num_active(),

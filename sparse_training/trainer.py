@@ -322,7 +322,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         config.update(extra, run_id=run_id, data_source=data.source, versions=versions(),
                       input_shape=list(data.input_shape), num_classes=data.num_classes,
                       parent_path=str(parent_path(cfg)) if cfg.parent else None,
-                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "mask", "data", "grow")}},
+                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "reinit", "mask", "data", "grow")}},
                       total_steps=total, steps_per_epoch=steps_per_epoch, lr_resolved=cfg.resolved_lr(),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         config.setdefault("parent_run_id", None)

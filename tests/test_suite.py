@@ -1,0 +1,195 @@
+"""The suite: dependency order, idempotence, resuming after a kill, failures, launchers, and method semantics."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from sparse_training.config import TrainConfig
+from sparse_training.presets import PRESETS, RunSpec, preset_runs
+from sparse_training.rundir import RunDir
+from sparse_training.suite import accuracy_table, main, run_suite
+from sparse_training.updaters import cubic_sparsity
+
+
+def test_smoke_preset_completes_in_dependency_order(smoke_runs):
+    specs = preset_runs("smoke", 2)
+    for spec in specs:
+        run = RunDir(smoke_runs / spec.run_id)
+        assert run.is_complete(), spec.run_id
+        if spec.parent:  # a child started after its parent finished
+            child_start = run.read_config()["created"]
+            parent_end = (smoke_runs / spec.parent / "checkpoints" / "end.pt").stat().st_mtime
+            assert (run.checkpoint_path("start").stat().st_mtime >= parent_end), (child_start, spec.run_id)
+    table = accuracy_table(smoke_runs, specs)
+    assert list(table["method"]) == ["prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "dense",
+                                     "small-dense"]
+    assert (table["count"] == [2, 2, 2, 2, 2, 2, 1, 1]).all()
+
+
+def test_lottery_start_is_parent_rewind_times_parent_mask(smoke_runs):
+    lottery = RunDir(smoke_runs / "mlp-digits-s0.9-lottery-seed1")
+    parent = RunDir(smoke_runs / lottery.read_config()["parent_run_id"])
+    start, p_start, p_end = lottery.load("start"), parent.load("start"), parent.load("end")
+    for name, mask in p_end["masks"].items():
+        assert torch.equal(start["masks"][name], mask)
+    for name, value in start["model"].items():
+        expected = p_start["model"][name] * p_end["masks"][name] if name in p_end["masks"] else p_start["model"][name]
+        assert torch.equal(value, expected), name
+
+
+def test_scratch_shares_the_mask_but_not_the_weights(smoke_runs):
+    scratch = RunDir(smoke_runs / "mlp-digits-s0.9-scratch-seed0").load("start")
+    lottery = RunDir(smoke_runs / "mlp-digits-s0.9-lottery-seed0").load("start")
+    for name in lottery["masks"]:
+        assert torch.equal(scratch["masks"][name], lottery["masks"][name])
+        assert not torch.equal(scratch["model"][name], lottery["model"][name])
+
+
+def test_pruning_follows_cubic_schedule_and_ends_at_target(smoke_runs):
+    run = RunDir(smoke_runs / "mlp-digits-s0.9-prune-seed0")
+    cfg = TrainConfig.from_dict(run.read_config())
+    total = run.read_config()["total_steps"]
+    start, end = int(cfg.prune_start * total), int(cfg.prune_end * total)
+    metrics = run.read_metrics()
+    n_layers = len(run.read_config()["maskable_layers"])
+    maskable = run.read_config()["maskable_params"]
+    for _, row in metrics.iterrows():
+        step = int(row["step"])
+        # the last pruning event at or before this step sets the sparsity
+        events = [s for s in range(start, end + 1) if (s - start) % cfg.prune_every == 0 or s == end]
+        done = [s for s in events if s <= step]
+        target = cubic_sparsity(done[-1], start, end, cfg.sparsity) if done else 0.0
+        assert abs(row["sparsity"] - target) <= n_layers / maskable + 1e-9, step
+    final = run.load("end")["masks"]
+    active = sum(int(m.sum()) for m in final.values())
+    assert abs((1 - active / maskable) - cfg.sparsity) <= n_layers / maskable
+
+
+def test_rigl_keeps_layer_counts_and_writes_pre_post(smoke_runs):
+    run = RunDir(smoke_runs / "mlp-digits-s0.9-rigl-seed0")
+    pre = run.step_checkpoints("pre")
+    post = run.step_checkpoints("post")
+    assert pre and [s for s, _ in pre] == [s for s, _ in post]
+    start_counts = {n: int(m.sum()) for n, m in run.load("start")["masks"].items()}
+    changed = False
+    for step, _ in post:
+        a, b = run.load(step, "pre")["masks"], run.load(step, "post")["masks"]
+        for name, mask in b.items():
+            assert int(mask.sum()) == start_counts[name]
+            changed |= not torch.equal(mask, a[name])
+            grown = mask & ~a[name]
+            assert torch.all(run.load(step, "post")["model"][name][grown] == 0)
+    assert changed, "no mask update changed the mask"
+    m = run.read_metrics()
+    assert set(m["phase"]) == {"train", "pre_update", "post_update"}
+
+
+def test_small_dense_matches_sparse_active_count(smoke_runs):
+    config = RunDir(smoke_runs / "mlp-digits-small-dense-seed0").read_config()
+    assert abs(config["small_dense_params"] - config["sparse_active_params"]) / config["sparse_active_params"] < 0.05
+    assert config["small_dense_width"] < 1.0
+
+
+def test_rerun_is_idempotent(smoke_copy, capsys):
+    before = {p: p.stat().st_mtime_ns for p in smoke_copy.rglob("*.pt")}
+    assert main(["--preset", "smoke", "--seeds", "2", "--out", str(smoke_copy), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in smoke_copy.rglob("*.pt")} == before
+    assert "14/14 runs complete" in capsys.readouterr().out
+
+
+def test_failures_are_reported_and_others_finish(tmp_path, capsys):
+    good = TrainConfig(model="mlp", dataset="digits", hidden=16, depth=2, steps=20, method="dense")
+    bad = TrainConfig(model="mlp", dataset="digits", hidden=16, depth=2, steps=20, method="dense",
+                      optimizer="sgd", lr=1e12, schedule="constant", seed=1)
+    child = TrainConfig(model="mlp", dataset="digits", hidden=16, depth=2, steps=20, method="lottery",
+                        sparsity=0.5)
+    specs = [RunSpec("bad", bad), RunSpec("good", good), RunSpec("child", child, "bad", ("bad",))]
+    results = run_suite(specs, tmp_path, jobs=2, quiet=True).set_index("run_id")
+    assert results.loc["good", "state"] == "complete"
+    assert results.loc["bad", "state"] == "failed" and "became" in results.loc["bad", "reason"]
+    assert results.loc["child", "state"] == "failed" and "parent bad failed" in results.loc["child", "reason"]
+
+
+def test_killed_suite_restarts_without_redoing_finished_runs(tmp_path):
+    out = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sparse_training.suite", "--preset", "smoke", "--seeds", "1",
+           "--out", str(out), "--jobs", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    first = out / "mlp-digits-s0.9-prune-seed0"
+    deadline = time.time() + 120
+    while time.time() < deadline and not RunDir(first).is_complete():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the suite and its workers
+    proc.wait()
+    assert RunDir(first).is_complete()
+    stamp = (first / "checkpoints" / "end.pt").stat().st_mtime_ns
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (first / "checkpoints" / "end.pt").stat().st_mtime_ns == stamp
+    for spec in preset_runs("smoke", 1):
+        assert RunDir(out / spec.run_id).is_complete()
+
+
+def test_submitit_local_executor_runs_smoke_preset(tmp_path):
+    pytest.importorskip("submitit")
+    out = tmp_path / "runs"
+    specs = [s for s in preset_runs("smoke", 1) if s.config.method in ("prune", "lottery", "dense")]
+    results = run_suite(specs, out, jobs=2, launcher="submitit", quiet=True)
+    assert (results["state"] == "complete").all(), results
+    assert (out / "_submitit").is_dir()
+    assert RunDir(out / "mlp-digits-s0.9-lottery-seed0").read_config()["parent_run_id"] == \
+        "mlp-digits-s0.9-prune-seed0"
+
+
+def test_presets_are_well_formed():
+    for name in PRESETS:
+        specs = preset_runs(name, 2)
+        ids = [s.run_id for s in specs]
+        assert len(ids) == len(set(ids)), name
+        for s in specs:
+            assert all(d in ids[: ids.index(s.run_id)] for d in s.depends_on), (name, s.run_id)
+    lenet = preset_runs("paper-lenet5", 5)
+    methods = pd.Series([s.config.method for s in lenet]).value_counts().to_dict()
+    assert methods == {"prune": 5, "lottery": 5, "scratch": 5, "scratch+": 5, "rigl": 5, "rigl+": 5,
+                       "dense": 1, "small-dense": 1}
+    assert "lenet5-mnist-s0.95-lottery-seed3" in [s.run_id for s in lenet]
+
+
+def test_scsdc_pairs_have_equal_active_counts_per_layer(tmp_path):
+    from sparse_training.masks import maskable_names
+    from sparse_training.methods import prepare_start
+
+    specs = preset_runs("scsdc", 1)
+    dense, sparse = specs[0].config, specs[1].config
+    dm, dmasks, _ = prepare_start(dense, (64,), 10)
+    sm, smasks, _ = prepare_start(sparse, (64,), 10)
+    dense_sizes = [p.numel() for n, p in dm.named_parameters() if n in maskable_names(dm)]
+    assert list(smasks.active_counts().values()) == dense_sizes
+
+
+def test_bad_preset_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "nope", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "unknown preset" in capsys.readouterr().err
+
+
+def test_suite_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "--launcher" in out and "paper-lenet5" in out and "--slurm-partition" in out
+
+
+def test_dry_run_lists_runs(capsys, tmp_path: Path):
+    assert main(["--preset", "paper-lenet5", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + 5 * 2 + 2
