@@ -355,6 +355,7 @@ def run_training(cfg: TrainConfig, out: str | Path, run_id: str | None = None, r
     if trainer is None:
         print(f"{run.path} is already complete; nothing to do.")
         return run
+    t0 = time.perf_counter()
     try:
         last = trainer.fit()
     except TrainingDiverged as exc:
@@ -363,5 +364,6 @@ def run_training(cfg: TrainConfig, out: str | Path, run_id: str | None = None, r
     except BaseException as exc:
         run.write_status("failed", trainer.step, reason=f"{type(exc).__name__}: {exc}")
         raise
-    run.write_status("complete", trainer.step, test_acc=last.get("test_acc"), test_loss=last.get("test_loss"))
+    run.write_status("complete", trainer.step, test_acc=last.get("test_acc"), test_loss=last.get("test_loss"),
+                     seconds=round(time.perf_counter() - t0, 3))
     return run
