@@ -46,6 +46,7 @@ def test_top_eigenvalues_match_hessian_eigenthings(problem):
     np.testing.assert_allclose(theirs, ours, rtol=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
 def test_top_eigenvalues_match_pyhessian(problem):
     pyhessian = pytest.importorskip("pyhessian")
     model, (x, y), ours = problem
