@@ -1,0 +1,422 @@
+"""Command line: the papers' figures and tables, and REPORT.md, from a runs directory.
+
+    python -m figures.paper runs/
+
+Reads what the analysis CLIs wrote to ``<runs>/_analysis`` and runs any analysis that is missing
+(``--force`` reruns them all). Writes to ``<runs>/_figures`` as PNG and PDF:
+
+- ``fig3_signal``: output std at initialization against sparsity per init (Evci et al. Fig. 3);
+- ``fig4_gradient_norm``: gradient norm and EGF during training per method (Fig. 4);
+- ``fig6_mds``: the MDS map of starts, ends and pruning solutions (Fig. 6);
+- ``fig7_interpolation``: loss along the paths to the pruning solution (Fig. 7);
+- ``fig_hessian_rigl``: extreme Hessian eigenvalues before and after RigL mask updates;
+- ``table1_ensemble.md/.csv``: ensembles and disagreement (Table 1);
+- ``table_egf_correlation.md/.csv``: Tessera et al.'s comparison of gradient measures;
+- ``REPORT.md``: each claim with its numbers, whether it held at this scale, and its figure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis.plotting import method_color, new_figure, save_figure
+from analysis.runs import select_runs
+from sparse_training.errors import UserError, cli_entry
+from sparse_training.io import atomic_write_csv, atomic_write_text
+
+FORMATS = ("png", "pdf")
+FAMILY = ("lottery", "scratch", "scratch+", "rigl", "rigl+")
+
+
+# --- running the analyses ------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """An analysis: its module, the files it must leave, and its arguments."""
+
+    name: str
+    outputs: tuple[str, ...]
+    argv: Callable[[Path, Path, argparse.Namespace], list[str]]
+
+
+def _hessian_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    # The Hessian analysis is the costliest: by default the seed-0 RigL and RigL+ runs, every other
+    # mask update (at most --hessian-updates of them), over --hessian-examples training examples.
+    chosen = select_runs(runs, method=["rigl", "rigl+", "set"], warn=False)
+    chosen = [r for r in chosen if r.seed == min(x.seed for x in chosen)]
+    if not chosen:
+        raise UserError("no RigL run to take Hessian eigenvalues of.")
+    steps = chosen[0].update_steps()
+    keep = steps[:: max(1, len(steps) // args.hessian_updates)][: args.hessian_updates]
+    which = ",".join(f"{s}:pre,{s}:post" for s in keep)
+    ids = "|".join(r.run_id for r in chosen)
+    return [str(runs), "--out", str(out), "--run", f"^({ids})$", "--which", which, "--k", "3",
+            "--examples", str(args.hessian_examples), "--quiet"]
+
+
+STEPS = (
+    Step("signal", ("signal.csv",), lambda r, o, a: ["--model", a.model, "--sparsities", "0.5,0.8,0.9,0.95,0.98",
+                                                     "--out", str(o), "--quiet"]),
+    Step("gradflow", ("gradflow_curves.csv", "gradflow_correlations.csv", "gradflow_claims.csv"),
+         lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
+    Step("distances", ("distance_to_pruning.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
+    Step("mds", ("mds.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
+    Step("interpolate", ("interpolation.csv", "interpolation_summary.csv"),
+         lambda r, o, a: [str(r), "--out", str(o), "--examples", str(a.interp_examples), "--quiet"]),
+    Step("ensemble", ("ensemble.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
+    Step("hessian", ("hessian_updates.csv", "hessian.csv"), _hessian_argv),
+)
+
+
+def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace) -> list[str]:
+    """Run every analysis whose outputs are missing (all with ``--force``); returns the ones run."""
+    import importlib
+
+    ran = []
+    # outputs older than the newest finished run are stale
+    newest = max((p.stat().st_mtime for p in runs.glob("*/status.json")), default=0.0)
+    for step in STEPS:
+        outputs = [analysis_dir / f for f in step.outputs]
+        fresh = all(p.is_file() and p.stat().st_mtime >= newest for p in outputs)
+        if fresh and not args.force:
+            continue
+        module = importlib.import_module(f"analysis.{step.name}")
+        t0 = time.perf_counter()
+        print(f"[figures.paper] running analysis.{step.name} ...", flush=True)
+        code = module.main(step.argv(runs, analysis_dir, args))
+        if code:
+            raise UserError(f"analysis.{step.name} failed (exit code {code}).")
+        print(f"[figures.paper] analysis.{step.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        ran.append(step.name)
+    return ran
+
+
+def read(analysis_dir: Path, name: str) -> pd.DataFrame:
+    path = analysis_dir / name
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run the analysis that writes it (or figures.paper without --no-run).")
+    return pd.read_csv(path)
+
+
+# --- figures -------------------------------------------------------------------------
+def fig_signal(sig: pd.DataFrame, out: Path) -> list[Path]:
+    inputs = [i for i in ("gaussian", "data") if i in set(sig["input"])]
+    fig, axes = new_figure(1, len(inputs), figsize=(4.2 * len(inputs), 3.4), squeeze=False)
+    colors = {"dense": "#ff7f0e", "liu": "#9467bd", "sparse": "#2ca02c"}
+    for ax, inp in zip(axes[0], inputs):
+        d = sig[sig["input"] == inp].groupby(["init", "sparsity"])["output_std"].agg(["mean", "std"]).reset_index()
+        for init, g in d.groupby("init"):
+            ax.errorbar(g["sparsity"], g["mean"], yerr=g["std"].fillna(0), marker="o", ms=4, capsize=2,
+                        label=f"{init} init", color=colors.get(init))
+        ax.set(xlabel="sparsity", ylabel="std of the logits at init", yscale="log",
+               title=f"{'Gaussian' if inp == 'gaussian' else 'MNIST'} input")
+        ax.legend()
+    return save_figure(fig, out / "fig3_signal", FORMATS)
+
+
+def fig_gradnorm(curves: pd.DataFrame, out: Path) -> list[Path]:
+    measures = [m for m in ("grad_norm", "egf2") if m in set(curves["measure"])]
+    fig, axes = new_figure(1, len(measures), figsize=(5 * len(measures), 3.6), squeeze=False)
+    labels = {"grad_norm": "gradient norm ||g||₂ (masked)", "egf2": "EGF₂ (mean layer norm)"}
+    for ax, measure in zip(axes[0], measures):
+        d = curves[(curves["measure"] == measure) & (curves["step"] > 0)]
+        for method in [m for m in ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense",
+                                   "small-dense") if m in set(d["method"])]:
+            g = d[d["method"] == method].sort_values("step")
+            ax.plot(g["step"], g["mean"], label=method, color=method_color(method), lw=1.4)
+            if g["n"].max() > 1:
+                ax.fill_between(g["step"], (g["mean"] - g["std"]).clip(lower=g["mean"].min() * 0.1),
+                                g["mean"] + g["std"], color=method_color(method), alpha=0.15, lw=0)
+        ax.set(xlabel="training step", ylabel=labels[measure], yscale="log", xscale="log")
+        ax.legend(ncol=2)
+    return save_figure(fig, out / "fig4_gradient_norm", FORMATS)
+
+
+def fig_mds(mds: pd.DataFrame, out: Path) -> list[Path]:
+    fig, ax = new_figure(figsize=(6.2, 5.2))
+    for (method, kind), g in mds.groupby(["method", "kind"]):
+        filled = kind != "start"
+        c = method_color(method)
+        ax.scatter(g["x"], g["y"], s=40, marker="o" if method != "prune" else "*",
+                   facecolors=c if filled else "none", edgecolors=c, label=f"{method}-{kind}", zorder=3)
+    for _, g in mds.groupby("run_id"):
+        if {"start", "end"} <= set(g["kind"]):
+            s, e = g[g["kind"] == "start"].iloc[0], g[g["kind"] == "end"].iloc[0]
+            ax.annotate("", (e["x"], e["y"]), (s["x"], s["y"]),
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color=method_color(s["method"]), alpha=0.4))
+    ax.set(xlabel="MDS 1", ylabel="MDS 2", title="Solutions and starting points (MDS of L2 distances)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return save_figure(fig, out / "fig6_mds", FORMATS)
+
+
+def fig_interp(curves: pd.DataFrame, out: Path) -> list[Path]:
+    paths = [p for p in ("start", "end") if f"{p}->pruning solution" in set(curves["path"])]
+    if not paths:
+        raise UserError("interpolation.csv holds no path to a pruning solution; rerun analysis.interpolate.")
+    fig, axes = new_figure(1, len(paths), figsize=(4.8 * len(paths), 3.6), squeeze=False, sharey=True)
+    for ax, point in zip(axes[0], paths):
+        d = curves[curves["path"] == f"{point}->pruning solution"]
+        seen = set()
+        for (_run_id, method), g in d.groupby(["run_id", "method"]):
+            g = g.sort_values("alpha")
+            ax.plot(g["alpha"], g["loss"], color=method_color(method), lw=1.1, alpha=0.8,
+                    label=None if method in seen else method)
+            seen.add(method)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.axvline(1, color="grey", lw=0.5)
+        ax.set(xlabel=f"α  (0 = run {point}, 1 = pruning solution)", ylabel="training loss", yscale="log",
+               title=f"{point} → pruning solution")
+        ax.legend()
+    return save_figure(fig, out / "fig7_interpolation", FORMATS)
+
+
+def fig_hessian(updates: pd.DataFrame, out: Path) -> list[Path]:
+    fig, axes = new_figure(1, 2, figsize=(9.5, 3.6))
+    for run_id, g in updates.groupby("run_id"):
+        g = g.sort_values("step")
+        c = method_color(g["method"].iloc[0])
+        axes[0].plot(g["step"], g["min_pre"], "o--", color=c, mfc="none", label=f"{run_id} pre")
+        axes[0].plot(g["step"], g["min_post"], "o-", color=c, label=f"{run_id} post")
+        axes[1].plot(g["step"], g["top_pre"], "o--", color=c, mfc="none", label=f"{run_id} pre")
+        axes[1].plot(g["step"], g["top_post"], "o-", color=c, label=f"{run_id} post")
+    axes[0].axhline(0, color="grey", lw=0.6)
+    axes[0].set(xlabel="step of the mask update", ylabel="smallest Hessian eigenvalue",
+                title="Before (hollow) and after (filled) updates")
+    axes[1].set(xlabel="step of the mask update", ylabel="largest Hessian eigenvalue")
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, out / "fig_hessian_rigl", FORMATS)
+
+
+# --- tables ----------------------------------------------------------------------------
+def pct(x: float) -> str:
+    return "–" if pd.isna(x) else f"{100 * x:.2f}"
+
+
+def table1(ens: pd.DataFrame, out: Path) -> pd.DataFrame:
+    order = ["lottery", "pruning solutions", "scratch", "scratch+", "rigl", "rigl+", "set"]
+    ens = ens.set_index("group").reindex([g for g in order if g in set(ens["group"])]).reset_index()
+    rows = []
+    for _, r in ens.iterrows():
+        rows.append({"Initialization": r["group"], "runs": int(r["n_runs"]),
+                     "Test accuracy (%)": f"{pct(r['test_acc_mean'])} ± {pct(r['test_acc_std'])}",
+                     "Ensemble (%)": pct(r["ensemble_acc"]),
+                     "Ensemble gain (pp)": f"{100 * (r['ensemble_acc'] - r['test_acc_mean']):+.2f}",
+                     "Disagreement": f"{r['disagreement_mean']:.4f} ± {0 if pd.isna(r['disagreement_std']) else r['disagreement_std']:.4f}",
+                     "Disagreement w/ Pruned": f"{r['disagreement_pruned_mean']:.4f} ± {0 if pd.isna(r['disagreement_pruned_std']) else r['disagreement_pruned_std']:.4f}"})
+    table = pd.DataFrame(rows)
+    atomic_write_csv(out / "table1_ensemble.csv", ens)
+    atomic_write_text(out / "table1_ensemble.md", markdown(table))
+    return table
+
+
+def egf_table(corr: pd.DataFrame, out: Path) -> pd.DataFrame:
+    names = {"grad_norm_l1": "‖g‖₁", "grad_norm": "‖g‖₂", "egf1": "EGF₁", "egf2": "EGF₂",
+             "egf2_per_weight": "EGF₂ per weight"}
+    d = corr[(corr["aggregation"] == "mean")]
+    rows = []
+    for group in ("sparse", "dense"):
+        for measure, name in names.items():
+            g = d[(d["group"] == group) & (d["measure"] == measure)]
+            if g.empty:
+                continue
+            acc = g[g["target"].str.contains("acc")].iloc[0]
+            loss = g[g["target"].str.contains("loss")].iloc[0]
+            rows.append({"runs": group, "measure": name, "n": int(acc["n_runs"]),
+                         "Kendall τ (test acc)": acc["kendall_tau"], "Spearman ρ (test acc)": acc["spearman_rho"],
+                         "Kendall τ (test loss)": loss["kendall_tau"], "Spearman ρ (test loss)": loss["spearman_rho"]})
+    table = pd.DataFrame(rows)
+    atomic_write_csv(out / "table_egf_correlation.csv", table)
+    atomic_write_text(out / "table_egf_correlation.md", markdown(table.round(3)))
+    return table
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table (no tabulate dependency)."""
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in r.values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- claims ----------------------------------------------------------------------------
+@dataclass
+class Claim:
+    number: int
+    text: str
+    numbers: str
+    held: bool | None
+    figure: str
+
+
+def _mean(frame: pd.DataFrame, **where) -> float:
+    d = frame
+    for k, v in where.items():
+        d = d[d[k] == v]
+    return float(d.iloc[:, -1].mean()) if len(d) else float("nan")
+
+
+def claims(a: Path, preset_sparsity: float) -> list[Claim]:
+    out: list[Claim] = []
+    # (1) signal propagation
+    sig = read(a, "signal.csv")
+    g = sig[sig["input"] == "gaussian"].groupby(["init", "sparsity"])["output_std"].mean()
+    s_hi = min(sig["sparsity"].unique(), key=lambda s: abs(s - preset_sparsity))
+    ratio = {init: g[(init, s_hi)] / g[(init, 0.0)] for init in ("dense", "sparse") if (init, 0.0) in g}
+    held = ratio.get("dense", 1) < 0.5 and 0.5 <= ratio.get("sparse", 0) <= 2
+    out.append(Claim(1, "Sparse init keeps the output std near the dense network's; dense init lets it decay.",
+                     f"std at {s_hi:.0%} / std of the dense net (Gaussian input, {int(sig['repeat'].nunique())} repeats): "
+                     f"dense init {ratio.get('dense', float('nan')):.3f}, sparse init {ratio.get('sparse', float('nan')):.3f}",
+                     held, "fig3_signal.png"))
+    # (2) gradient flow
+    cl = read(a, "gradflow_claims.csv")
+    parts = [f"{r.method_a} {r.relation} {r.method_b} ({r.window}): {r.mean_a:.3g} vs {r.mean_b:.3g} "
+             f"[{r.a_larger}/{r.n_pairs} seeds larger] → {'yes' if r.holds else 'no'}" for r in cl.itertuples()]
+    out.append(Claim(2, "Early in training scratch+ has a larger gradient norm than scratch; RigL keeps a larger one "
+                     "than scratch; lottery tickets do not have a larger one than scratch.",
+                     "; ".join(parts), bool(cl["holds"].all()), "fig4_gradient_norm.png"))
+    # (3) distances
+    dist = read(a, "distance_to_pruning.csv")
+    dist = dist[dist["pruning_run"].notna()]
+
+    def dmean(method, kind):
+        d = dist[(dist["method"] == method) & (dist["kind"] == kind)]
+        return float(d["distance"].mean()), float(d["distance"].std()), len(d)
+
+    ls, ss, le, se = dmean("lottery", "start"), dmean("scratch", "start"), dmean("lottery", "end"), dmean("scratch", "end")
+    held = ls[0] < ss[0] and le[0] < 0.5 * se[0]
+    out.append(Claim(3, "Lottery-start is closer in L2 to the pruning solution than scratch-start, and lottery-end "
+                     "much closer (< half) than scratch-end.",
+                     f"start: lottery {ls[0]:.2f} ± {ls[1]:.2f} vs scratch {ss[0]:.2f} ± {ss[1]:.2f}; end: lottery "
+                     f"{le[0]:.2f} ± {le[1]:.2f} vs scratch {se[0]:.2f} ± {se[1]:.2f} (n={le[2]} seeds)",
+                     held, "fig6_mds.png"))
+    # (4) interpolation barriers
+    summ = read(a, "interpolation_summary.csv")
+    ends = summ[(summ["path"] == "end->pruning solution") & (summ["method"].isin(FAMILY))]
+    bar = ends.groupby("method")["barrier"].agg(["mean", "std", "count"])
+    lb, sb = bar.loc["lottery", "mean"] if "lottery" in bar.index else np.nan, \
+        bar.loc["scratch", "mean"] if "scratch" in bar.index else np.nan
+    held = bool(lb < 0.25 * sb and sb > 0.05)
+    parts = [f"{m}: {r['mean']:.3f} ± {0 if pd.isna(r['std']) else r['std']:.3f}" for m, r in bar.iterrows()]
+    out.append(Claim(4, "The loss along lottery-end → pruning solution has no barrier while scratch-end → pruning "
+                     "solution has one (criterion: lottery barrier < ¼ of scratch's, scratch's > 0.05 nats).",
+                     "barrier (max over α∈[0,1] of the training loss above the straight line, nats): " + "; ".join(parts),
+                     held, "fig7_interpolation.png"))
+    # (5) ensembles
+    ens = read(a, "ensemble.csv").set_index("group")
+    dp = ens["disagreement_pruned_mean"]
+    gain = ens["ensemble_acc"] - ens["test_acc_mean"]
+    held = bool(dp.get("lottery", np.nan) < dp.get("pruning solutions", np.nan) < dp.get("scratch", np.nan)
+                and gain.idxmin() == "lottery")
+    out.append(Claim(5, "Disagreement with the pruning solution: lottery < different pruning solutions < scratch; "
+                     "the ensemble gain of lottery tickets is the smallest.",
+                     "disagreement w/ pruned: " + ", ".join(f"{g} {v:.4f}" for g, v in dp.items()) +
+                     "; ensemble gain (pp): " + ", ".join(f"{g} {100 * v:+.2f}" for g, v in gain.items()),
+                     held, "table1_ensemble.md"))
+    # (6) Hessian around RigL updates
+    upd = read(a, "hessian_updates.csv")
+    more_neg = (upd["n_negative_post"] > upd["n_negative_pre"]) | (upd["min_post"] < upd["min_pre"])
+    frac = float(more_neg.mean()) if len(upd) else float("nan")
+    out.append(Claim(6, "RigL mask updates add negative Hessian eigenvalues.",
+                     f"{int(more_neg.sum())}/{len(upd)} updates made the smallest eigenvalue more negative or added "
+                     f"negative eigenvalues; mean smallest eigenvalue pre {upd['min_pre'].mean():.4g}, post "
+                     f"{upd['min_post'].mean():.4g}", bool(frac > 0.5), "fig_hessian_rigl.png"))
+    # (7) EGF vs gradient norm
+    corr = read(a, "gradflow_correlations.csv")
+    d = corr[(corr["group"] == "sparse") & (corr["aggregation"] == "mean") & corr["target"].str.contains("acc")]
+    tau = d.set_index("measure")["kendall_tau"]
+    best_egf = max(abs(tau.get("egf1", np.nan)), abs(tau.get("egf2", np.nan)))
+    held = bool(best_egf >= abs(tau.get("grad_norm", np.nan)))
+    out.append(Claim(7, "EGF correlates with test performance at least as well as the plain gradient norm "
+                     "(sparse runs; |Kendall τ| with final test accuracy; measures averaged over training).",
+                     ", ".join(f"{m} τ={tau[m]:+.3f}" for m in ("grad_norm_l1", "grad_norm", "egf1", "egf2") if m in tau)
+                     + f" (n={int(d['n_runs'].max()) if len(d) else 0} sparse runs)", held,
+                     "table_egf_correlation.md"))
+    return out
+
+
+def report(runs: Path, figures: Path, claim_list: list[Claim], table: pd.DataFrame, acc: pd.DataFrame) -> str:
+    lines = ["# Report: gradient flow and solution geometry of sparse networks", "",
+             f"Generated by `python -m figures.paper {runs}` on {time.strftime('%Y-%m-%d %H:%M')}. "
+             "Every number below is computed from the CSV files in `../_analysis/`, which the analysis CLIs "
+             "computed from the runs in this directory. Nothing is tuned per method.", "",
+             "## Claims", "", "| # | claim | measured | held here? | figure |", "|---|---|---|---|---|"]
+    for c in claim_list:
+        verdict = "yes" if c.held else ("no" if c.held is not None else "n/a")
+        lines.append(f"| {c.number} | {c.text} | {c.numbers} | **{verdict}** | [{c.figure}]({c.figure}) |")
+    lines += ["", "## Final test accuracy by method", "", markdown(acc), "",
+              "## Table 1: ensembles and disagreement (test split)", "", markdown(table), ""]
+    lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in sorted(figures.glob("*.png"))]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_by_method(runs: Path) -> pd.DataFrame:
+    rs = select_runs(runs, warn=False)
+    frame = pd.DataFrame([{"method": r.method, "test_acc": r.final_test_acc} for r in rs])
+    order = ["dense", "small-dense", "prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set"]
+    t = frame.groupby("method")["test_acc"].agg(["mean", "std", "count"]).reset_index()
+    t = t.sort_values("method", key=lambda c: c.map({m: i for i, m in enumerate(order)}))
+    return pd.DataFrame({"method": t["method"], "runs": t["count"],
+                         "test accuracy (%)": [f"{100 * m:.2f} ± {0 if pd.isna(s) else 100 * s:.2f}"
+                                               for m, s in zip(t["mean"], t["std"])]})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m figures.paper", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", help="runs directory (e.g. from the paper-lenet5 preset)")
+    p.add_argument("--out", default=None, help="output directory (default: <runs>/_figures)")
+    p.add_argument("--analysis-dir", default=None, help="where analyses are read/written (default: <runs>/_analysis)")
+    p.add_argument("--force", action="store_true", help="rerun every analysis")
+    p.add_argument("--model", default=None, help="model for the signal-propagation figure (default: the runs')")
+    p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
+    p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
+    p.add_argument("--hessian-updates", type=int, default=6, help="RigL mask updates to take eigenvalues around")
+    p.add_argument("--quiet", action="store_true", help="less output")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs = Path(args.runs)
+    all_runs = select_runs(runs, warn=False)
+    args.model = args.model or all_runs[0].config.get("model", "lenet5")
+    sparsity = max(r.sparsity for r in all_runs)
+    analysis_dir = Path(args.analysis_dir) if args.analysis_dir else runs / "_analysis"
+    out = Path(args.out) if args.out else runs / "_figures"
+    for d in (analysis_dir, out):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write to {d} ({exc.strerror or exc}).") from None
+    run_missing_analyses(runs, analysis_dir, args)
+    written: list[Path] = []
+    written += fig_signal(read(analysis_dir, "signal.csv"), out)
+    written += fig_gradnorm(read(analysis_dir, "gradflow_curves.csv"), out)
+    written += fig_mds(read(analysis_dir, "mds.csv"), out)
+    written += fig_interp(read(analysis_dir, "interpolation.csv"), out)
+    written += fig_hessian(read(analysis_dir, "hessian_updates.csv"), out)
+    table = table1(read(analysis_dir, "ensemble.csv"), out)
+    egf_table(read(analysis_dir, "gradflow_correlations.csv"), out)
+    claim_list = claims(analysis_dir, sparsity)
+    acc = accuracy_by_method(runs)
+    atomic_write_text(out / "REPORT.md", report(runs, out, claim_list, table, acc))
+    claim_frame = pd.DataFrame([{"claim": c.number, "held": c.held, "measured": c.numbers, "figure": c.figure}
+                                for c in claim_list])
+    atomic_write_csv(out / "claims.csv", claim_frame)
+    print(f"wrote {len(written)} figure files, 2 tables, claims.csv and REPORT.md to {out}")
+    print(f"report: {out / 'REPORT.md'}\n")
+    for c in claim_list:
+        print(f"  claim {c.number}: {'HELD' if c.held else 'NOT HELD'}  {c.numbers[:150]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

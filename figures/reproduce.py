@@ -1,0 +1,71 @@
+"""The main job (``make reproduce``): the paper-lenet5 suite, every analysis, the figures and REPORT.md.
+
+    python -m figures.reproduce --out runs --seeds 5 --jobs 2
+
+Running it again reuses finished runs and analyses and takes seconds. The PNGs are also copied to
+``docs/`` (for the README) unless ``--no-docs``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from sparse_training.errors import cli_entry
+from sparse_training.presets import preset_runs
+from sparse_training.suite import accuracy_table, run_suite
+
+from . import paper
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m figures.reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="paper-lenet5", help="suite preset")
+    p.add_argument("--out", default="runs", help="runs directory")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per method")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--device", default="cpu", help="device of each run")
+    p.add_argument("--no-docs", action="store_true", help="do not copy the PNGs to docs/")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    specs = preset_runs(args.preset, args.seeds)
+    print(f"[1/3] {args.preset} suite: {len(specs)} runs, {args.jobs} at a time -> {args.out}/", flush=True)
+    results = run_suite(specs, args.out, jobs=args.jobs, device=args.device)
+    failed = results[results["state"] == "failed"]
+    table = accuracy_table(args.out, specs)
+    print("\nfinal test accuracy by method (mean ± std over seeds):")
+    for _, r in table.iterrows():
+        std = 0.0 if pd.isna(r["std"]) else r["std"]
+        print(f"  {r['method']:<12} {100 * r['mean']:6.2f} ± {100 * std:4.2f} %  (n={int(r['count'])})")
+    if len(failed):
+        print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
+        return 1
+    print(f"\n[2/3] analyses and figures ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    code = paper.main([args.out])
+    if code:
+        return code
+    figures = Path(args.out) / "_figures"
+    if not args.no_docs:
+        DOCS.mkdir(exist_ok=True)
+        for png in figures.glob("*.png"):
+            shutil.copyfile(png, DOCS / png.name)
+        shutil.copyfile(figures / "table1_ensemble.md", DOCS / "table1_ensemble.md")
+        shutil.copyfile(figures / "REPORT.md", DOCS / "REPORT.md")
+    print(f"\n[3/3] done in {time.perf_counter() - t0:.0f} s. Report: {figures / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
