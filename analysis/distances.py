@@ -358,7 +358,7 @@ def plot_to_pruning(frame: pd.DataFrame, path: Path) -> list[Path]:
     ax.set_ylabel("L2 distance to the pruning solution")
     handles = [ax.scatter([], [], s=22, edgecolors="k", facecolors="none" if kind == "start" else "k", label=kind)
                for kind in kinds]
-    ax.legend(handles=handles, loc="upper left")
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Distance to the pruning solution (start: hollow, end: filled)")
     return save_figure(fig, path)
 
