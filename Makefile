@@ -29,9 +29,12 @@ test-all: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
 
+# the peers of benchmarks.hessian come with the [bench] extra; benchmarks.suite takes ~8 min, run it alone
 bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.hessian
+	$(PY) -m benchmarks.analysis
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
