@@ -17,6 +17,7 @@ Reads what the analysis CLIs wrote to ``<runs>/_analysis`` and runs any analysis
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def _hessian_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str]:
     steps = chosen[0].update_steps()
     keep = steps[:: max(1, len(steps) // args.hessian_updates)][: args.hessian_updates]
     which = ",".join(f"{s}:pre,{s}:post" for s in keep)
-    ids = "|".join(r.run_id for r in chosen)
+    ids = "|".join(re.escape(r.run_id) for r in chosen)
     return [str(runs), "--out", str(out), "--run", f"^({ids})$", "--which", which, "--k", "3",
             "--examples", str(args.hessian_examples), "--quiet"]
 
@@ -108,14 +109,15 @@ def read(analysis_dir: Path, name: str) -> pd.DataFrame:
 def fig_signal(sig: pd.DataFrame, out: Path) -> list[Path]:
     inputs = [i for i in ("gaussian", "data") if i in set(sig["input"])]
     fig, axes = new_figure(1, len(inputs), figsize=(4.2 * len(inputs), 3.4), squeeze=False)
-    colors = {"dense": "#ff7f0e", "liu": "#9467bd", "sparse": "#2ca02c"}
+    style = {"dense": ("#ff7f0e", "o", "-"), "liu": ("#9467bd", "s", "--"), "sparse": ("#2ca02c", "^", ":")}
     for ax, inp in zip(axes[0], inputs):
-        d = sig[sig["input"] == inp].groupby(["init", "sparsity"])["output_std"].agg(["mean", "std"]).reset_index()
-        for init, g in d.groupby("init"):
-            ax.errorbar(g["sparsity"], g["mean"], yerr=g["std"].fillna(0), marker="o", ms=4, capsize=2,
-                        label=f"{init} init", color=colors.get(init))
-        ax.set(xlabel="sparsity", ylabel="std of the logits at init", yscale="log",
-               title=f"{'Gaussian' if inp == 'gaussian' else 'MNIST'} input")
+        d = sig[sig["input"] == inp].groupby(["init", "sparsity"])["output_std"].agg(["mean", "min", "max"])
+        for init, g in d.reset_index().groupby("init"):
+            color, marker, ls = style.get(init, ("#17becf", "o", "-"))
+            ax.plot(g["sparsity"], g["mean"], marker=marker, ms=5, ls=ls, color=color, label=f"{init} init")
+            ax.fill_between(g["sparsity"], g["min"], g["max"], color=color, alpha=0.12, lw=0)
+        ax.set(xlabel="sparsity", ylabel="std of the logits at init (mean, min–max band)", yscale="log",
+               title=f"{'Gaussian' if inp == 'gaussian' else 'real'} input")
         ax.legend()
     return save_figure(fig, out / "fig3_signal", FORMATS)
 
@@ -133,8 +135,9 @@ def fig_gradnorm(curves: pd.DataFrame, out: Path) -> list[Path]:
             if g["n"].max() > 1:
                 ax.fill_between(g["step"], (g["mean"] - g["std"]).clip(lower=g["mean"].min() * 0.1),
                                 g["mean"] + g["std"], color=method_color(method), alpha=0.15, lw=0)
-        ax.set(xlabel="training step", ylabel=labels[measure], yscale="log", xscale="log")
-        ax.legend(ncol=2)
+        ax.set(xlabel="training step (log scale)", ylabel=labels[measure], yscale="log", xscale="log")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), title="mean ± std over seeds")
     return save_figure(fig, out / "fig4_gradient_norm", FORMATS)
 
 
@@ -377,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model for the signal-propagation figure (default: the runs')")
     p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
     p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
-    p.add_argument("--hessian-updates", type=int, default=6, help="RigL mask updates to take eigenvalues around")
+    p.add_argument("--hessian-updates", type=int, default=4, help="RigL mask updates to take eigenvalues around")
     p.add_argument("--quiet", action="store_true", help="less output")
     return p
 
