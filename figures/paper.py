@@ -90,7 +90,10 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
         module = importlib.import_module(f"analysis.{step.name}")
         t0 = time.perf_counter()
         print(f"[figures.paper] running analysis.{step.name} ...", flush=True)
-        code = module.main(step.argv(runs, analysis_dir, args))
+        argv = step.argv(runs, analysis_dir, args)
+        if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian"):
+            argv += ["--data-dir", args.data_dir]
+        code = module.main(argv)
         if code:
             raise UserError(f"analysis.{step.name} failed (exit code {code}).")
         print(f"[figures.paper] analysis.{step.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -381,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
     p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
     p.add_argument("--hessian-updates", type=int, default=4, help="RigL mask updates to take eigenvalues around")
+    p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
     p.add_argument("--quiet", action="store_true", help="less output")
     return p
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sparse_training.errors import cli_entry
-from sparse_training.presets import preset_runs
+from sparse_training.presets import parse_overrides, preset_runs
 from sparse_training.suite import accuracy_table, run_suite
 
 from . import paper
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="seeds per method")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time")
     p.add_argument("--device", default="cpu", help="device of each run")
+    p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="change a training setting of every run (see sparse_training.suite --help)")
     p.add_argument("--no-docs", action="store_true", help="do not copy the PNGs to docs/")
     return p
 
@@ -40,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    specs = preset_runs(args.preset, args.seeds)
+    specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
     print(f"[1/3] {args.preset} suite: {len(specs)} runs, {args.jobs} at a time -> {args.out}/", flush=True)
-    results = run_suite(specs, args.out, jobs=args.jobs, device=args.device)
+    results = run_suite(specs, args.out, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
     failed = results[results["state"] == "failed"]
     table = accuracy_table(args.out, specs)
     print("\nfinal test accuracy by method (mean ± std over seeds):")
@@ -53,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
         return 1
     print(f"\n[2/3] analyses and figures ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    code = paper.main([args.out])
+    code = paper.main([args.out] + (["--data-dir", args.data_dir] if args.data_dir else []))
     if code:
         return code
     figures = Path(args.out) / "_figures"
     if not args.no_docs:
-        DOCS.mkdir(exist_ok=True)
+        DOCS.mkdir(exist_ok=True)  # the README's figures
         for png in figures.glob("*.png"):
             shutil.copyfile(png, DOCS / png.name)
         shutil.copyfile(figures / "table1_ensemble.md", DOCS / "table1_ensemble.md")

@@ -96,15 +96,62 @@ PRESETS = {
 }
 
 
-def preset_runs(name: str, seeds: int | None = None) -> list[RunSpec]:
-    """The run graph of a preset (``seeds`` overrides its default seed count)."""
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["dataset=fashion-mnist", "epochs=30"]`` -> typed TrainConfig overrides; bad ones are UserErrors."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise UserError(f"--set takes KEY=VALUE with KEY a training flag (e.g. dataset=fashion-mnist), not '{item}'.")
+        if key in ("method", "seed", "parent"):
+            raise UserError(f"--set cannot change '{key}': the preset defines it.")
+        kind = str(fields[key].type)
+        try:
+            if "bool" in kind:
+                out[key] = value.lower() in ("1", "true", "yes", "on")
+            elif "int" in kind:
+                out[key] = int(value)
+            elif "float" in kind:
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise UserError(f"--set {key} needs a number, not '{value}'.") from None
+    return out
+
+
+def preset_runs(name: str, seeds: int | None = None, overrides: dict | None = None) -> list[RunSpec]:
+    """The run graph of a preset (``seeds`` overrides its default seed count; ``overrides`` change the
+    training settings of every run, e.g. ``{"dataset": "fashion-mnist"}``)."""
+    import dataclasses
+
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}.")
     _, build, default = PRESETS[name]
     n = default if seeds is None else int(seeds)
     if n < 1:
         raise UserError("--seeds must be at least 1.")
-    return build(n)
+    specs = build(n)
+    if not overrides:
+        return specs
+    # re-derive ids so overridden runs never collide with the preset's own
+    renamed = {s.run_id: dataclasses.replace(s.config, **overrides).default_run_id(with_hash=False)
+               if s.run_id == s.config.default_run_id(with_hash=False) else f"{s.run_id}-{_tag(overrides)}"
+               for s in specs}
+    return [RunSpec(renamed[s.run_id], dataclasses.replace(s.config, **overrides),
+                    renamed.get(s.parent) if s.parent else None, tuple(renamed[d] for d in s.depends_on))
+            for s in specs]
+
+
+def _tag(overrides: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def preset_settings(name: str) -> dict:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import UserError, cli_entry
-from .presets import PRESETS, RunSpec, preset_runs
+from .presets import PRESETS, RunSpec, parse_overrides, preset_runs
 from .rundir import RunDir
 from .trainer import check_output_dir
 
@@ -46,13 +46,15 @@ def config_to_argv(cfg: TrainConfig) -> list[str]:
     return argv
 
 
-def run_argv(spec: RunSpec, out: Path, device: str, threads: int, resume: bool) -> list[str]:
+def run_argv(spec: RunSpec, out: Path, device: str, threads: int, resume: bool,
+             data_dir: str | None = None) -> list[str]:
     """Arguments of ``sparse_training.train`` for one run of the suite."""
     cfg = spec.config
     if spec.parent:
         cfg = dataclasses.replace(cfg, parent=str(out / spec.parent))
     argv = config_to_argv(cfg) + ["--out", str(out), "--run-id", spec.run_id, "--quiet",
                                   "--device", device, "--threads", str(threads)]
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
     return argv + (["--resume"] if resume else [])
 
 
@@ -159,7 +161,7 @@ def failure_reason(out: Path, run_id: str, code: int) -> str:
 
 def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: str = "local",
               device: str = "cpu", threads: int = 1, quiet: bool = False, slurm_partition: str | None = None,
-              slurm_time: int = 60, slurm_gpus: int = 0) -> pd.DataFrame:
+              slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None) -> pd.DataFrame:
     """Run ``specs`` in dependency order, ``jobs`` at a time; returns one row per run (run_id, state, reason)."""
     out = Path(out)
     check_output_dir(out)
@@ -197,7 +199,7 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
                     break
                 if all(d in results and results[d][0] != "failed" for d in s.depends_on):
                     resume = RunDir(out / s.run_id).exists()
-                    running.append(launch.start(s, run_argv(s, out, device, threads, resume)))
+                    running.append(launch.start(s, run_argv(s, out, device, threads, resume, data_dir)))
                     pending.remove(s)
             names = ", ".join(h.spec.run_id for h in running)[:80]
             if names != postfix:
@@ -253,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
     parser.add_argument("--slurm-time", type=int, default=60, help="SLURM time limit per run, minutes")
     parser.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per SLURM job")
+    parser.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="change a training setting of every run, e.g. --set dataset=fashion-mnist "
+                             "--set epochs=30 (repeatable; run ids follow the settings)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -261,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    specs = preset_runs(args.preset, args.seeds)
+    specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
     if args.dry_run:
         for s in specs:
             print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))
         return 0
     t0 = time.time()
     results = run_suite(specs, args.out, args.jobs, args.launcher, args.device, args.threads, args.quiet,
-                        args.slurm_partition, args.slurm_time, args.slurm_gpus)
+                        args.slurm_partition, args.slurm_time, args.slurm_gpus, args.data_dir)
     done = (results["state"] != "failed").sum()
     print(f"{args.preset}: {done}/{len(specs)} runs complete in {time.time() - t0:.0f} s -> {args.out}")
     table = accuracy_table(args.out, specs)

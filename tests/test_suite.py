@@ -193,3 +193,20 @@ def test_dry_run_lists_runs(capsys, tmp_path: Path):
     assert main(["--preset", "paper-lenet5", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 + 5 * 2 + 2
+
+
+def test_set_overrides_every_run_and_renames_ids():
+    from sparse_training.presets import parse_overrides
+
+    specs = preset_runs("paper-lenet5", 1, parse_overrides(["dataset=cifar10", "model=vgg16", "epochs=3"]))
+    assert all(s.config.dataset == "cifar10" and s.config.epochs == 3 for s in specs)
+    lottery = next(s for s in specs if s.config.method == "lottery")
+    assert lottery.run_id == "vgg16-cifar10-s0.95-lottery-seed0"
+    assert lottery.parent == "vgg16-cifar10-s0.95-prune-seed0" == lottery.depends_on[0]
+
+
+@pytest.mark.parametrize("item", ["nokey", "bogus=1", "epochs=many", "method=dense"])
+def test_bad_override_exit_2(item, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "smoke", "--dry-run", "--out", str(tmp_path), "--set", item])
+    assert exc.value.code == 2 and "--set" in capsys.readouterr().err
