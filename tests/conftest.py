@@ -9,6 +9,17 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use tiny models: one torch thread avoids contention on small CPUs (and is what suite workers use)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def smoke_runs(tmp_path_factory) -> Path:
     """A complete smoke-preset runs directory (2 seeds; tiny MLP on digits). Treat it as read-only:

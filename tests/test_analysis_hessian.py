@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import torch.nn.functional as F
 
 from analysis import hessian
@@ -16,14 +15,6 @@ from sparse_training.errors import UserError
 from sparse_training.trainer import fixed_indices
 
 RIGL = "mlp-digits-s0.9-rigl-seed0"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def test_cli_eigenvalues_equal_eigh_of_the_exact_hessian(smoke_runs, tmp_path, capsys):

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from analysis import interpolate
 from analysis.interpolate import alpha_grid, barrier, parse_point
@@ -18,15 +17,6 @@ from sparse_training.metrics import evaluate
 
 RUN = "mlp-digits-s0.9-{}-seed{}"
 PRUNE = RUN.format("prune", 0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared machine: extra threads only add contention.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 # --- pure math ---------------------------------------------------------------------------------

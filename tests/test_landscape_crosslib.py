@@ -13,15 +13,6 @@ from landscape.hessian import HessianOperator
 from landscape.lanczos import lanczos
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared machine: extra threads only add contention.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def problem():
     """An unmasked float32 MLP (the peers know no masks) and our top eigenvalues in float64."""

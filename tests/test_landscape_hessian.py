@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import masked_mlp
 import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
@@ -13,34 +14,6 @@ from landscape.hessian import HessianOperator, LambdaOperator, gradient
 from landscape.params import ParamSpace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared machine: extra threads only add contention.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-def masked_mlp(seed: int = 0):
-    """A 10-16-8-3 tanh MLP with 50% random masks (weights zeroed off-mask) and 200 points."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)
-    )
-    masks = {
-        n: torch.rand(p.shape, generator=gen) < 0.5
-        for n, p in model.named_parameters()
-        if p.dim() > 1
-    }
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in masks:
-                p.mul_(masks[n])
-    x = torch.randn(200, 10, generator=gen)
-    y = torch.randint(0, 3, (200,), generator=gen)
-    return model, masks, (x, y)
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,6 @@ from landscape.interpolate import (
 from landscape.params import ParamSpace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared machine: extra threads only add contention.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def _convnet(seed: int, bn: bool = False) -> nn.Module:
     torch.manual_seed(seed)
     layers: list[nn.Module] = [nn.Conv2d(1, 4, 3)]

@@ -4,47 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import masked_mlp
 import torch.nn.functional as F
 from scipy.sparse.linalg import eigsh
-from torch import nn
 
 from landscape.exact import exact_hessian
 from landscape.hessian import HessianOperator, LambdaOperator
 from landscape.lanczos import EigenResult, hutchinson_trace, lanczos, spectral_density
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models on a shared machine: extra threads only add contention.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-def _masked_mlp(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)
-    )
-    masks = {
-        n: torch.rand(p.shape, generator=gen) < 0.5
-        for n, p in model.named_parameters()
-        if p.dim() > 1
-    }
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in masks:
-                p.mul_(masks[n])
-    x = torch.randn(200, 10, generator=gen)
-    y = torch.randint(0, 3, (200,), generator=gen)
-    return model, masks, (x, y)
 
 
 @pytest.fixture(scope="module")
 def hessian_problem():
-    model, masks, data = _masked_mlp()
+    model, masks, data = masked_mlp()
     H = exact_hessian(model, F.cross_entropy, data, masks, chunk_size=100)
     op = HessianOperator(model, F.cross_entropy, data, masks, dtype=torch.float64, chunk_size=100)
     evals = np.linalg.eigh(H.numpy())[0]
