@@ -36,6 +36,7 @@ from analysis.runs import (
     add_common_args,
     check_same_architecture,
     output_dir,
+    family_solution,
     pruning_solution,
     resolve_device,
     runs_from_args,
@@ -200,20 +201,6 @@ def distances_frame(points: Sequence[Point], dist: np.ndarray) -> pd.DataFrame:
 
 
 # --- families ------------------------------------------------------------------------------
-def family_solution(pool: Sequence[Run], run: Run) -> Run | None:
-    """The seed-0 pruning solution of ``run``'s family.
-
-    For a derived run, its parent prune run (``pruning_solution``); for a prune run, the prune run
-    of the same architecture and sparsity that other runs derive from (else the lowest seed).
-    """
-    if run.method != "prune":
-        return pruning_solution(list(pool), run)
-    prunes = [r for r in pool if r.method == "prune" and r.architecture == run.architecture
-              and r.sparsity == run.sparsity]
-    parents = {r.parent for r in pool if r.parent}
-    return min(prunes or [run], key=lambda r: (r.run_id not in parents, r.seed, r.run_id))
-
-
 def solution_pairs(pool: Sequence[Run], selected: Sequence[Run]) -> list[tuple[Run, Run]]:
     """``(run, pruning solution)`` pairs: each run's own solution and, for other prune seeds, the family's."""
     pairs = []

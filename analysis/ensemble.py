@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.distances import family_solution
 from analysis.runs import (
+    family_solution,
     Run,
     add_common_args,
     check_same_architecture,

@@ -207,6 +207,20 @@ def pruning_solution(runs: list[Run], run: Run) -> Run | None:
     return by_id.get(run.parent) if run.parent else None
 
 
+def family_solution(pool: list[Run], run: Run) -> Run | None:
+    """The seed-0 pruning solution of ``run``'s family.
+
+    For a derived run, its parent prune run (``pruning_solution``); for a prune run, the prune run
+    of the same architecture and sparsity that other runs derive from (else the lowest seed).
+    """
+    if run.method != "prune":
+        return pruning_solution(list(pool), run)
+    prunes = [r for r in pool if r.method == "prune" and r.architecture == run.architecture
+              and r.sparsity == run.sparsity]
+    parents = {r.parent for r in pool if r.parent}
+    return min(prunes or [run], key=lambda r: (r.run_id not in parents, r.seed, r.run_id))
+
+
 # --- shared CLI pieces -------------------------------------------------------------------
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The selectors and options every analysis CLI takes."""
