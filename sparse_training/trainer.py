@@ -153,8 +153,12 @@ class Trainer:
 
     # --- measurements ----------------------------------------------------------------
     def measure(self, phase: str = "train") -> dict:
+        """One metrics row. Rows around mask updates measure gradient flow only (no test pass)."""
         grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y)
-        test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+        if phase == "train":
+            test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+        else:
+            test_loss = test_acc = float("nan")
         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "phase": phase,
                "lr": lr_at(self.cfg, self.step, self.total), "train_loss": loss, "train_acc": acc,
                "test_loss": test_loss, "test_acc": test_acc, "sparsity": self.masks.sparsity()}
