@@ -13,11 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from sparse_training.errors import cli_entry
 from sparse_training.presets import parse_overrides, preset_runs
-from sparse_training.suite import accuracy_table, run_suite
+from sparse_training.suite import accuracy_table, format_accuracy_table, run_suite
 
 from . import paper
 
@@ -48,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_suite(specs, args.out, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
     failed = results[results["state"] == "failed"]
     table = accuracy_table(args.out, specs)
-    print("\nfinal test accuracy by method (mean ± std over seeds):")
-    for _, r in table.iterrows():
-        std = 0.0 if pd.isna(r["std"]) else r["std"]
-        print(f"  {r['method']:<12} {100 * r['mean']:6.2f} ± {100 * std:4.2f} %  (n={int(r['count'])})")
+    print(format_accuracy_table(table))
     if len(failed):
         print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
         return 1

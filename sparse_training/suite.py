@@ -237,6 +237,15 @@ def accuracy_table(out: str | Path, specs: list[RunSpec]) -> pd.DataFrame:
     return table.sort_values("method", key=lambda c: c.map(order)).reset_index(drop=True)
 
 
+def format_accuracy_table(table: pd.DataFrame) -> str:
+    """The :func:`accuracy_table` as printed lines (percent, mean ± std, run count)."""
+    lines = ["\nfinal test accuracy by method (mean ± std over seeds):"]
+    for _, r in table.iterrows():
+        std = 0.0 if pd.isna(r["std"]) else r["std"]
+        lines.append(f"  {r['method']:<12} {100 * r['mean']:6.2f} ± {100 * std:4.2f} %  (n={int(r['count'])})")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     presets = "; ".join(f"{k}: {v[0]}" for k, v in PRESETS.items())
     parser = argparse.ArgumentParser(
@@ -279,10 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.preset}: {done}/{len(specs)} runs complete in {time.time() - t0:.0f} s -> {args.out}")
     table = accuracy_table(args.out, specs)
     if len(table):
-        print("\nfinal test accuracy by method (mean ± std over seeds):")
-        for _, r in table.iterrows():
-            std = 0.0 if pd.isna(r["std"]) else r["std"]
-            print(f"  {r['method']:<12} {100 * r['mean']:6.2f} ± {100 * std:4.2f} %  (n={int(r['count'])})")
+        print(format_accuracy_table(table))
     failed = results[results["state"] == "failed"]
     if len(failed):
         print(f"\n{len(failed)} run(s) failed:", file=sys.stderr)
