@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import check_bad_input_exits_2
 
 from analysis import distances
 from analysis.distances import Point, distance_matrix
@@ -136,32 +136,6 @@ def test_cli_help(capsys):
 
 
 # --- bad input ---------------------------------------------------------------------------------
-def _other_architecture_run(runs: Path) -> None:
-    """Add a run whose configured architecture differs (hidden 16 instead of 32)."""
-    src, dst = runs / RUN.format("lottery", 1), runs / RUN.format("lottery", 9)
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(hidden=16, seed=9, run_id=dst.name)
-    (dst / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("case", ["empty", "unrelated", "no-match", "architectures"])
 def test_bad_input_exits_2_and_leaves_results(case, smoke_copy, tmp_path, capsys):
-    runs = {"empty": tmp_path / "empty", "unrelated": tmp_path / "unrelated"}.get(case, smoke_copy)
-    runs.mkdir(exist_ok=True)
-    if case == "unrelated":
-        (runs / "notes").mkdir()
-        (runs / "notes" / "a.txt").write_text("hello")
-    if case == "architectures":
-        _other_architecture_run(runs)
-    existing = runs / "_analysis" / "distances.csv"
-    existing.parent.mkdir(exist_ok=True)
-    existing.write_text("old\n")
-    argv = [str(runs), "--quiet"] + (["--method", "nonexistent"] if case == "no-match" else [])
-    with pytest.raises(SystemExit) as exc:
-        distances.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and err.endswith(".")
-    assert existing.read_text() == "old\n"
-    assert sorted(p.name for p in existing.parent.iterdir()) == ["distances.csv"]
+    check_bad_input_exits_2(distances.main, case, smoke_copy, tmp_path, capsys, "distances.csv", RUN.format("lottery", 1))

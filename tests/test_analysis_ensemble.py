@@ -1,15 +1,13 @@
 """Tests of analysis.ensemble: ensemble statistics on a hand-computed case, the CLI's table and its bad inputs."""
 from __future__ import annotations
 
-import json
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import check_bad_input_exits_2
 
 from analysis import ensemble
 from analysis.ensemble import ensemble_stats
@@ -80,30 +78,6 @@ def test_cli_help(capsys):
     assert exc.value.code == 0 and "--method" in capsys.readouterr().out
 
 
-def _other_architecture_run(runs: Path) -> None:
-    src, dst = runs / "mlp-digits-s0.9-rigl-seed1", runs / "mlp-digits-s0.9-rigl-seed9"
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(hidden=16, seed=9, run_id=dst.name)
-    (dst / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("case", ["empty", "unrelated", "no-match", "architectures"])
 def test_bad_input_exits_2_and_leaves_results(case, smoke_copy, tmp_path, capsys):
-    runs = {"empty": tmp_path / "empty", "unrelated": tmp_path / "unrelated"}.get(case, smoke_copy)
-    runs.mkdir(exist_ok=True)
-    if case == "unrelated":
-        (runs / "photos").mkdir()
-    if case == "architectures":
-        _other_architecture_run(runs)
-    existing = runs / "_analysis" / "ensemble.csv"
-    existing.parent.mkdir(exist_ok=True)
-    existing.write_text("old\n")
-    argv = [str(runs), "--quiet"] + (["--method", "nonexistent"] if case == "no-match" else [])
-    with pytest.raises(SystemExit) as exc:
-        ensemble.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and err.endswith(".")
-    assert existing.read_text() == "old\n"
-    assert sorted(p.name for p in existing.parent.iterdir()) == ["ensemble.csv"]
+    check_bad_input_exits_2(ensemble.main, case, smoke_copy, tmp_path, capsys, "ensemble.csv", "mlp-digits-s0.9-rigl-seed1")

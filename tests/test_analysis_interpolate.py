@@ -1,13 +1,12 @@
 """Tests of analysis.interpolate: barrier math, endpoints against direct evaluation and metrics.csv, custom paths, bad inputs."""
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import add_other_architecture_run
 
 from analysis import interpolate
 from analysis.interpolate import alpha_grid, barrier, parse_point
@@ -142,15 +141,6 @@ def test_cli_help(capsys):
 
 
 # --- bad input ---------------------------------------------------------------------------------
-def _other_architecture_run(runs: Path) -> None:
-    """A lottery run of the seed-0 family whose configured architecture differs (hidden 16)."""
-    src, dst = runs / RUN.format("lottery", 1), runs / RUN.format("lottery", 9)
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(hidden=16, seed=9, run_id=dst.name)
-    (dst / "config.json").write_text(json.dumps(cfg))
-
-
 SCRATCH_END = f"{RUN.format('scratch', 0)}:end"
 BAD_ARGS = {
     "empty": [],
@@ -180,7 +170,7 @@ def test_bad_input_exits_2_and_leaves_results(case, smoke_runs, tmp_path, reques
         (runs / "notes").mkdir()
         (runs / "notes" / "a.txt").write_text("hello")
     if case == "architectures":
-        _other_architecture_run(runs)
+        add_other_architecture_run(runs, RUN.format("lottery", 1))
     if case == "missing-dir":
         runs = tmp_path / "nowhere"
     out = tmp_path / "results"

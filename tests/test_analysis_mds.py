@@ -1,13 +1,11 @@
 """Tests of analysis.mds: recovery of a planar configuration, stress, the CLI's outputs and its bad inputs."""
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import check_bad_input_exits_2
 from scipy.spatial import procrustes
 from scipy.spatial.distance import pdist, squareform
 
@@ -61,30 +59,6 @@ def test_cli_help(capsys):
     assert exc.value.code == 0 and "--classical" in capsys.readouterr().out
 
 
-def _other_architecture_run(runs: Path) -> None:
-    src, dst = runs / "mlp-digits-s0.9-scratch-seed1", runs / "mlp-digits-s0.9-scratch-seed9"
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(hidden=16, seed=9, run_id=dst.name)
-    (dst / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("case", ["empty", "unrelated", "no-match", "architectures"])
 def test_bad_input_exits_2_and_leaves_results(case, smoke_copy, tmp_path, capsys):
-    runs = {"empty": tmp_path / "empty", "unrelated": tmp_path / "unrelated"}.get(case, smoke_copy)
-    runs.mkdir(exist_ok=True)
-    if case == "unrelated":
-        (runs / "data.csv").write_text("a,b\n1,2\n")
-    if case == "architectures":
-        _other_architecture_run(runs)
-    existing = runs / "_analysis" / "mds.csv"
-    existing.parent.mkdir(exist_ok=True)
-    existing.write_text("old\n")
-    argv = [str(runs), "--quiet"] + (["--method", "nonexistent"] if case == "no-match" else [])
-    with pytest.raises(SystemExit) as exc:
-        mds.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: ") and err.endswith(".")
-    assert existing.read_text() == "old\n"
-    assert sorted(p.name for p in existing.parent.iterdir()) == ["mds.csv"]
+    check_bad_input_exits_2(mds.main, case, smoke_copy, tmp_path, capsys, "mds.csv", "mlp-digits-s0.9-scratch-seed1")
