@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         DOCS.mkdir(exist_ok=True)  # the README's figures
         for png in figures.glob("*.png"):
             shutil.copyfile(png, DOCS / png.name)
-        shutil.copyfile(figures / "table1_ensemble.md", DOCS / "table1_ensemble.md")
+        for table in ("table1_ensemble.md", "table1_vs_paper.md"):
+            shutil.copyfile(figures / table, DOCS / table)
         shutil.copyfile(figures / "REPORT.md", DOCS / "REPORT.md")
     print(f"\n[3/3] done in {time.perf_counter() - t0:.0f} s. Report: {figures / 'REPORT.md'}")
     return 0

@@ -6,11 +6,12 @@ import re
 import pandas as pd
 import pytest
 
-from figures.paper import main
+from analysis.runs import select_runs
+from figures.paper import PAPER_SOURCE, PAPER_TABLE1, TABLE1_COLUMNS, main
 
 FIGURES = ["fig3_signal", "fig4_gradient_norm", "fig6_mds", "fig7_interpolation", "fig_hessian_rigl"]
-TABLES = ["table1_ensemble.md", "table1_ensemble.csv", "table_egf_correlation.md", "table_egf_correlation.csv",
-          "claims.csv", "REPORT.md"]
+TABLES = ["table1_ensemble.md", "table1_ensemble.csv", "table1_vs_paper.md", "table1_vs_paper.csv",
+          "table_egf_correlation.md", "table_egf_correlation.csv", "claims.csv", "REPORT.md"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,27 @@ def test_table1_matches_ensemble_analysis(figures_dir):
     merged = table.merge(analysis, on="group", suffixes=("", "_a"))
     assert len(merged) == len(analysis)
     assert (merged["ensemble_acc"] - merged["ensemble_acc_a"]).abs().max() < 1e-12
+
+
+def test_table1_vs_paper_pairs_the_papers_rows_with_ours(figures_dir):
+    table = pd.read_csv(figures_dir / "table1_vs_paper.csv")
+    analysis = pd.read_csv(figures_dir.parent / "_analysis" / "ensemble.csv").set_index("group")
+    paper = table[table["source"] == PAPER_SOURCE].set_index("group")
+    ours = table[table["source"] != PAPER_SOURCE].set_index("group")
+    assert list(paper.index) == list(PAPER_TABLE1) and set(ours.index) == set(PAPER_TABLE1)
+    for group, numbers in PAPER_TABLE1.items():  # the paper's rows are its numbers, unchanged
+        assert paper.loc[group, TABLE1_COLUMNS].tolist() == pytest.approx(list(numbers), nan_ok=True)
+    for group in ("lottery", "scratch", "pruning solutions"):  # ours are the ensemble analysis's
+        assert ours.loc[group, TABLE1_COLUMNS].tolist() == pytest.approx(
+            analysis.loc[group, TABLE1_COLUMNS].tolist(), nan_ok=True)
+        assert ours.loc[group, "ensemble_gain"] == pytest.approx(
+            analysis.loc[group, "ensemble_acc"] - analysis.loc[group, "test_acc_mean"])
+    solution = analysis.loc["lottery", "pruning_run"]
+    [run] = select_runs(figures_dir.parent, run=solution, warn=False)
+    assert ours.loc["pruning solution", "test_acc_mean"] == pytest.approx(run.final_test_acc)
+    assert paper.loc["lottery", "ensemble_gain"] == pytest.approx(0.7627 - 0.7573)
+    report = (figures_dir / "REPORT.md").read_text()
+    assert "Table 1 beside the paper" in report and "75.73 ± 0.08" in report
 
 
 def test_second_call_reuses_analyses(figures_dir, capsys):
