@@ -53,10 +53,26 @@ def seed_for(seed: int, purpose: str) -> int:
     return int(seed) * 1_000_003 + offsets[purpose]
 
 
+BATCHNORM_OPTIONAL = ("mlp", "lenet300", "mnist1d-mlp")  # models where --batchnorm switches BatchNorm on
+MLP_ONLY = ("depth", "hidden", "skip")  # config fields only the generic mlp reads
+
+
+def check_model_options(cfg: TrainConfig) -> None:
+    """Refuse architecture flags the config's model would ignore (one UserError sentence)."""
+    defaults = TrainConfig()
+    if cfg.model != "mlp":
+        for name in MLP_ONLY:
+            if getattr(cfg, name) != getattr(defaults, name):
+                raise UserError(f"--{name} applies to the mlp model only; model '{cfg.model}' has a fixed shape.")
+    if cfg.batchnorm and cfg.model not in BATCHNORM_OPTIONAL:
+        raise UserError(f"--batchnorm applies to {', '.join(BATCHNORM_OPTIONAL)} only; model '{cfg.model}' "
+                        "has it fixed (vgg16 always has BatchNorm, the others none).")
+
+
 def model_options(cfg: TrainConfig) -> dict:
     """Architecture keyword arguments for :func:`build_model` from a config."""
     opts = {"width": cfg.width, "activation": cfg.activation}
-    if cfg.model in ("mlp", "lenet300", "mnist1d-mlp"):
+    if cfg.model in BATCHNORM_OPTIONAL:
         opts["batchnorm"] = cfg.batchnorm
     if cfg.model == "mlp":
         opts.update(depth=cfg.depth, hidden=cfg.hidden, skip=cfg.skip)

@@ -7,6 +7,7 @@ can pick the matching gain.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -206,32 +207,32 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _lenet300(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, **kw):
+def _lenet300(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False):
     return MLP(input_shape, num_classes, (300, 100), activation, batchnorm, False, width)
 
 
 def _mlp(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, skip=False,
-         depth=3, hidden=256, **kw):
+         depth=3, hidden=256):
     return MLP(input_shape, num_classes, (hidden,) * depth, activation, batchnorm, skip, width)
 
 
-def _mnist1d_mlp(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, **kw):
+def _mnist1d_mlp(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False):
     return MLP(input_shape, num_classes, (100, 100), activation, batchnorm, False, width)
 
 
-def _lenet5(input_shape, num_classes, width=1.0, activation="relu", **kw):
+def _lenet5(input_shape, num_classes, width=1.0, activation="relu"):
     return LeNet5(input_shape, num_classes, width, activation)
 
 
-def _mnist1d_cnn(input_shape, num_classes, width=1.0, activation="relu", **kw):
+def _mnist1d_cnn(input_shape, num_classes, width=1.0, activation="relu"):
     return MNIST1DCNN(input_shape, num_classes, width, activation)
 
 
-def _vgg16(input_shape, num_classes, width=1.0, activation="relu", batchnorm=True, **kw):
+def _vgg16(input_shape, num_classes, width=1.0, activation="relu", batchnorm=True):
     return VGG16(input_shape, num_classes, width, batchnorm, activation)
 
 
-def _resnet18(input_shape, num_classes, width=1.0, activation="relu", **kw):
+def _resnet18(input_shape, num_classes, width=1.0, activation="relu"):
     return ResNet18(input_shape, num_classes, width, activation)
 
 
@@ -261,6 +262,10 @@ def build_model(name: str, input_shape: tuple[int, ...] | None = None, num_class
     """
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}.")
+    accepted = list(inspect.signature(MODELS[name]).parameters)[2:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(f"model '{name}' does not take {', '.join(unknown)}; it takes {', '.join(accepted)}.")
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_INPUT[name]
     return MODELS[name](shape, num_classes, **options)
 

@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .errors import UserError, cli_entry
 from .presets import PRESETS, RunSpec, parse_overrides, preset_runs
 from .rundir import RunDir
-from .trainer import check_output_dir
+from .trainer import check_output_dir, validate
 
 LAUNCHERS = ("local", "submitit")
 
@@ -164,6 +164,8 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
               slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None) -> pd.DataFrame:
     """Run ``specs`` in dependency order, ``jobs`` at a time; returns one row per run (run_id, state, reason)."""
     out = Path(out)
+    for s in specs:
+        validate(s.config)
     check_output_dir(out)
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}.")
@@ -277,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
+    for s in specs:  # a bad --set fails here, in one sentence, before anything is written
+        validate(s.config)
     if args.dry_run:
         for s in specs:
             print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))

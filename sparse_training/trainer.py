@@ -23,7 +23,7 @@ from .distributions import check_sparsity
 from .errors import UserError
 from .io import atomic_torch_save
 from .masks import Masks
-from .methods import get_method, parent_path, prepare_start, seed_for
+from .methods import check_model_options, get_method, parent_path, prepare_start, seed_for
 from .metrics import evaluate, gradient_flow, masked_gradient, param_distance
 from .rundir import RunDir, check_run_id
 from .updaters import MaskUpdater, make_updater
@@ -76,6 +76,7 @@ def validate(cfg: TrainConfig) -> None:
     get_method(cfg.method)
     if cfg.model not in MODELS:
         raise UserError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}.")
+    check_model_options(cfg)
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}.")
     if cfg.optimizer not in OPTIMIZER_NAMES:

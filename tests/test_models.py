@@ -182,6 +182,13 @@ def test_unknown_model_raises_user_error():
         build_model("lenet7")
 
 
+@pytest.mark.parametrize("name,option", [("lenet5", "hidden"), ("lenet300", "depth"), ("vgg16", "hiden"),
+                                         ("resnet18", "batchnorm")])
+def test_option_a_model_does_not_take_raises_user_error(name, option):
+    with pytest.raises(UserError, match=f"model '{name}' does not take {option}; it takes width"):
+        build_model(name, **{option: 3})
+
+
 def test_unknown_activation_raises_user_error():
     with pytest.raises(UserError, match="unknown activation"):
         build_model("mlp", activation="gelu-ish")

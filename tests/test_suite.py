@@ -210,3 +210,12 @@ def test_bad_override_exit_2(item, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--preset", "smoke", "--dry-run", "--out", str(tmp_path), "--set", item])
     assert exc.value.code == 2 and "--set" in capsys.readouterr().err
+
+
+def test_override_the_model_ignores_exit_2_before_writing(capsys, tmp_path):
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "paper-lenet5", "--out", str(out), "--set", "hidden=64"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--hidden applies to the mlp model only" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -152,9 +152,11 @@ def expect_exit2(capsys, argv: list[str], words: str) -> str:
     ("--sparsity", "1.0", "sparsity must lie in [0, 1)"),
     ("--sparsity", "-0.1", "sparsity must lie in [0, 1)"),
     ("--run-id", "Bad/Id", "run id"),
+    ("--depth", ["5", "--model", "lenet300"], "--depth applies to the mlp model only"),  # flags a model ignores
+    ("--batchnorm", ["--model", "lenet5", "--depth", "3", "--hidden", "256"], "--batchnorm applies to"),
 ])
 def test_bad_input_exit_2(tmp_path, capsys, flag, value, words):
-    argv = [*TINY, "--out", str(tmp_path), "--method", "scratch", flag, value]
+    argv = [*TINY, "--out", str(tmp_path), "--method", "scratch", flag] + (value if isinstance(value, list) else [value])
     # argparse rejects choices itself with exit 2; our checks cover the rest
     with pytest.raises(SystemExit) as exc:
         main(argv)
