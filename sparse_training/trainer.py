@@ -135,6 +135,7 @@ class Trainer:
     step: int = 0
     rows: list[dict] = field(default_factory=list)
     quiet: bool = False
+    log_seconds: float = 0.0  # wall time spent measuring and writing metrics rows (not training)
 
     def __post_init__(self) -> None:
         d = self.device
@@ -168,9 +169,11 @@ class Trainer:
         return row
 
     def log(self, phase: str = "train") -> dict:
+        t0 = time.perf_counter()
         row = self.measure(phase)
         self.rows.append(row)
         self.run.write_metrics(pd.DataFrame(self.rows))
+        self.log_seconds += time.perf_counter() - t0
         return row
 
     def dense_grow_grads(self) -> dict[str, torch.Tensor]:
@@ -370,5 +373,5 @@ def run_training(cfg: TrainConfig, out: str | Path, run_id: str | None = None, r
         run.write_status("failed", trainer.step, reason=f"{type(exc).__name__}: {exc}")
         raise
     run.write_status("complete", trainer.step, test_acc=last.get("test_acc"), test_loss=last.get("test_loss"),
-                     seconds=round(time.perf_counter() - t0, 3))
+                     seconds=round(time.perf_counter() - t0, 3), log_seconds=round(trainer.log_seconds, 3))
     return run

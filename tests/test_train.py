@@ -39,6 +39,7 @@ def test_run_directory_contract(scratch_run):
     run = scratch_run
     status = json.loads(run.status_path.read_text())
     assert status["state"] == "complete" and status["step"] == 40
+    assert 0 < status["log_seconds"] < status["seconds"]  # time in metrics rows is part of the run's time
     config = run.read_config()
     for key in ("method", "parent_run_id", "seeds", "data_source", "versions", "input_shape"):
         assert key in config
