@@ -54,19 +54,19 @@ def seed_for(seed: int, purpose: str) -> int:
 
 
 BATCHNORM_OPTIONAL = ("mlp", "lenet300", "mnist1d-mlp")  # models where --batchnorm switches BatchNorm on
-MLP_ONLY = ("depth", "hidden", "skip")  # config fields only the generic mlp reads
+OPTIONAL_ARCH_FIELDS = ("depth", "hidden", "skip", "batchnorm")  # config fields only some models read
 
 
 def check_model_options(cfg: TrainConfig) -> None:
-    """Refuse architecture flags the config's model would ignore (one UserError sentence)."""
-    defaults = TrainConfig()
-    if cfg.model != "mlp":
-        for name in MLP_ONLY:
-            if getattr(cfg, name) != getattr(defaults, name):
-                raise UserError(f"--{name} applies to the mlp model only; model '{cfg.model}' has a fixed shape.")
-    if cfg.batchnorm and cfg.model not in BATCHNORM_OPTIONAL:
-        raise UserError(f"--batchnorm applies to {', '.join(BATCHNORM_OPTIONAL)} only; model '{cfg.model}' "
-                        "has it fixed (vgg16 always has BatchNorm, the others none).")
+    """Refuse architecture flags the config's model would ignore: those set away from their default
+    that :func:`model_options` does not pass to the model (one UserError sentence)."""
+    defaults, used = TrainConfig(), model_options(cfg)
+    for name in OPTIONAL_ARCH_FIELDS:
+        if getattr(cfg, name) != getattr(defaults, name) and name not in used:
+            if name == "batchnorm":
+                raise UserError(f"--batchnorm applies to {', '.join(BATCHNORM_OPTIONAL)} only; model "
+                                f"'{cfg.model}' has it fixed (vgg16 always has BatchNorm, the others none).")
+            raise UserError(f"--{name} applies to the mlp model only; model '{cfg.model}' has a fixed shape.")
 
 
 def model_options(cfg: TrainConfig) -> dict:

@@ -164,7 +164,7 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
               slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None) -> pd.DataFrame:
     """Run ``specs`` in dependency order, ``jobs`` at a time; returns one row per run (run_id, state, reason)."""
     out = Path(out)
-    for s in specs:
+    for s in specs:  # a bad setting (e.g. from --set) fails here, in one sentence, before anything is written
         validate(s.config)
     check_output_dir(out)
     if launcher not in LAUNCHERS:
@@ -279,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
-    for s in specs:  # a bad --set fails here, in one sentence, before anything is written
-        validate(s.config)
-    if args.dry_run:
+    if args.dry_run:  # run_suite validates the specs itself; a dry run must refuse a bad --set too
+        for s in specs:
+            validate(s.config)
         for s in specs:
             print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))
         return 0
