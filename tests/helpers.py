@@ -33,16 +33,23 @@ def add_other_architecture_run(runs, source: str) -> None:
     (dst / "config.json").write_text(json.dumps(cfg))
 
 
+def empty_or_unrelated_runs(case: str, tmp_path):
+    """A fresh runs directory for the bad-input cases 'empty' (nothing in it) and 'unrelated' (only a
+    folder of notes, no runs)."""
+    runs = tmp_path / case
+    runs.mkdir()
+    if case == "unrelated":
+        (runs / "notes").mkdir()
+        (runs / "notes" / "a.txt").write_text("hello")
+    return runs
+
+
 def check_bad_input_exits_2(main, case: str, smoke_copy, tmp_path, capsys, output: str, source: str) -> None:
     """An analysis CLI on bad input ('empty', 'unrelated', 'no-match', 'architectures') exits with code 2,
     prints one 'error: ...' sentence, and leaves an existing ``_analysis/<output>`` untouched."""
     import pytest
 
-    runs = {"empty": tmp_path / "empty", "unrelated": tmp_path / "unrelated"}.get(case, smoke_copy)
-    runs.mkdir(exist_ok=True)
-    if case == "unrelated":
-        (runs / "notes").mkdir()
-        (runs / "notes" / "a.txt").write_text("hello")
+    runs = empty_or_unrelated_runs(case, tmp_path) if case in ("empty", "unrelated") else smoke_copy
     if case == "architectures":
         add_other_architecture_run(runs, source)
     existing = runs / "_analysis" / output

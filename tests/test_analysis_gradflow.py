@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from helpers import empty_or_unrelated_runs
 
 from analysis import gradflow
 from analysis.gradflow import rank_correlation
@@ -147,12 +148,8 @@ def test_cli_help(capsys):
 
 @pytest.mark.parametrize("case", ["empty", "unrelated", "no-match", "no-rows"])
 def test_bad_input_exits_2_and_leaves_results(case, smoke_runs, tmp_path, capsys):
-    runs = tmp_path / "runs"
-    runs.mkdir()
+    runs = empty_or_unrelated_runs(case, tmp_path) if case in ("empty", "unrelated") else tmp_path / "runs"
     args = []
-    if case == "unrelated":
-        (runs / "notes").mkdir()
-        (runs / "notes" / "a.txt").write_text("hello")
     if case == "no-match":
         runs = smoke_runs
         args = ["--method", "nonexistent"]

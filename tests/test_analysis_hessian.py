@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch.nn.functional as F
+from helpers import empty_or_unrelated_runs
 
 from analysis import hessian
 from analysis.hessian import count_negative, parse_which, summarize_updates, targets_of, update_table
@@ -112,11 +113,7 @@ def test_bad_input_exits_2_and_leaves_results(case, smoke_runs, tmp_path, reques
     # only the case that changes the runs directory needs a private copy
     runs = request.getfixturevalue("smoke_copy") if case == "corrupt" else smoke_runs
     if case in ("empty", "unrelated"):
-        runs = tmp_path / case
-        runs.mkdir()
-    if case == "unrelated":
-        (runs / "notes").mkdir()
-        (runs / "notes" / "a.txt").write_text("hello")
+        runs = empty_or_unrelated_runs(case, tmp_path)
     if case == "corrupt":
         end = runs / RIGL / "checkpoints" / "end.pt"
         end.write_bytes(end.read_bytes()[:100])

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import add_other_architecture_run
+from helpers import add_other_architecture_run, empty_or_unrelated_runs
 
 from analysis import interpolate
 from analysis.interpolate import alpha_grid, barrier, parse_point
@@ -164,11 +164,7 @@ def test_bad_input_exits_2_and_leaves_results(case, smoke_runs, tmp_path, reques
     # only the case that changes the runs directory needs a private copy
     runs = request.getfixturevalue("smoke_copy") if case == "architectures" else smoke_runs
     if case in ("empty", "unrelated"):
-        runs = tmp_path / case
-        runs.mkdir()
-    if case == "unrelated":
-        (runs / "notes").mkdir()
-        (runs / "notes" / "a.txt").write_text("hello")
+        runs = empty_or_unrelated_runs(case, tmp_path)
     if case == "architectures":
         add_other_architecture_run(runs, RUN.format("lottery", 1))
     if case == "missing-dir":
