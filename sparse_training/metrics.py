@@ -86,20 +86,17 @@ def gradient_flow(grads: dict[str, torch.Tensor], masks: Masks | None,
     return row
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``(x, y)``."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train(was_training)
-    n = max(len(x), 1)
-    return total_loss / n, correct / n
+METRICS_SEED = 20220222  # fixed, so every run is measured on the same examples
+
+
+def metric_indices(n: int, size: int) -> torch.Tensor:
+    """Indices of the fixed metrics batch: the first ``size`` of a fixed permutation of ``n`` examples.
+
+    The same for every run (a fixed seed, not the run seed), so runs are measured on the same examples;
+    analyses use it to evaluate on the trainer's metrics batch.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(METRICS_SEED))
+    return perm[:min(size, n)]
 
 
 def param_distance(model: nn.Module, reference: dict[str, torch.Tensor]) -> float:

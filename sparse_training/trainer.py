@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from landscape.evaluate import evaluate
+
 from .config import OPTIMIZER_NAMES, TrainConfig, parse_save_steps
 from .data import Dataset, load_dataset
 from .distributions import check_sparsity
@@ -24,7 +26,7 @@ from .errors import UserError
 from .io import atomic_torch_save
 from .masks import Masks
 from .methods import check_model_options, get_method, parent_path, prepare_start, seed_for
-from .metrics import evaluate, gradient_flow, masked_gradient, param_distance
+from .metrics import METRICS_SEED, gradient_flow, masked_gradient, metric_indices, param_distance
 from .rundir import RunDir, check_run_id
 from .updaters import MaskUpdater, make_updater
 
@@ -112,9 +114,9 @@ def versions() -> dict[str, str]:
 
 def fixed_indices(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two disjoint fixed batches (metrics, RigL growth) drawn with a fixed seed, same for every run."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(20220222))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(METRICS_SEED))
     size = min(size, n)
-    metric = perm[:size]
+    metric = metric_indices(n, size)
     grow = perm[size:2 * size] if n >= 2 * size else perm[-size:]
     return metric, grow
 
@@ -158,7 +160,8 @@ class Trainer:
         """One metrics row. Rows around mask updates measure gradient flow only (no test pass)."""
         grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y)
         if phase == "train":
-            test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+            test = evaluate(self.model, (self.x_test, self.y_test))
+            test_loss, test_acc = test.loss, test.accuracy
         else:
             test_loss = test_acc = float("nan")
         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "phase": phase,
