@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +39,11 @@ from analysis.runs import (
     pruning_solution,
     resolve_device,
     runs_from_args,
-    select_runs,
+    pool_from_args,
 )
 from landscape.params import ParamSpace
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv, load_checkpoint
+from sparse_training.io import atomic_write_csv, load_state_dict
 
 # Methods whose runs share the sparse network's architecture; small-dense has its own width.
 DEFAULT_METHODS = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense")
@@ -85,7 +84,7 @@ class VectorLoader:
         self.first: Path | None = None
 
     def _state(self, path: str | Path) -> dict[str, torch.Tensor]:
-        state = load_checkpoint(path)["model"]
+        state = load_state_dict(path)
         space = ParamSpace(state)  # all parameters, no masks: one coordinate per weight, zeros included
         if self.space is None:
             self.space, self.first = space, Path(path)
@@ -249,9 +248,7 @@ def select_points(args: argparse.Namespace) -> Selection:
     if args.block < 1:
         raise UserError(f"--block must be at least 1, got {args.block}.")
     selected = runs_from_args(args, method=DEFAULT_METHODS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pool = select_runs(args.runs, warn=False)
+    pool = pool_from_args(args)
     pairs = solution_pairs(pool, selected)
     references = {sol.run_id: sol for _, sol in pairs}
     check_same_architecture(list(selected) + list(references.values()))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ from analysis.runs import (
     pruning_solution,
     resolve_device,
     runs_from_args,
-    select_runs,
+    pool_from_args,
 )
 from landscape.interpolate import interpolate
 from sparse_training.data import Dataset
@@ -309,15 +308,11 @@ def select_paths(args: argparse.Namespace) -> tuple[list[PathSpec], list[Run]]:
     if bool(args.from_points) != bool(args.to_points):
         raise UserError("--from and --to go together; give both (once per path).")
     if args.from_points:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pool = select_runs(args.runs)
+        pool = pool_from_args(args)
         paths = custom_paths(args.from_points, args.to_points, pool)
     else:
         selected = runs_from_args(args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pool = select_runs(args.runs, warn=False)
+        pool = pool_from_args(args)
         paths = default_paths(selected, pool)
     runs = path_runs(paths, pool)
     check_same_architecture(runs)

@@ -76,17 +76,59 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"{path} is not valid JSON (corrupt or truncated file).") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or truncated file is a UserError."""
-    path = Path(path)
+def load_weights_only(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; a missing, corrupt or truncated file is a UserError.
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only shapes are needed); files in
+    torch's legacy (non-zip) format cannot be mapped and are read normally.
+    """
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for torn zip archives
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for torn zip archives and for pickled objects
         raise UserError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it or rerun the run."
+            f"checkpoint {path} is corrupt, truncated or not loadable with weights_only=True "
+            f"({type(exc).__name__}); re-save it as a dict of tensors."
         ) from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or truncated file is a UserError."""
+    path = Path(path)
+    ckpt = load_weights_only(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"checkpoint {path} is not a checkpoint of this toolkit (no 'model' entry).")
     return ckpt
+
+
+def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights held by a loaded file: its ``model`` or ``state_dict`` entry, or the dict itself.
+
+    A file that is none of these (no dict of tensors) is a UserError naming ``path``.
+    """
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    raise UserError(f"{path} holds no state_dict (a dict of tensors, or a dict with a 'model' or "
+                    "'state_dict' entry that is one).")
+
+
+def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Model weights from a checkpoint of this toolkit or of other code (``weights_only=True``).
+
+    Accepts a toolkit checkpoint (its ``model``), a dict with a ``state_dict`` entry, or a plain
+    state_dict; with ``mmap=True`` tensors are mapped, not read (for checking shapes).
+    """
+    path = Path(path)
+    return state_dict_of(load_weights_only(path, map_location, mmap=mmap), path)
