@@ -78,7 +78,7 @@ def train_rows(run: Run) -> pd.DataFrame:
     m = run.metrics
     if len(m) and "phase" in m:
         m = m[m["phase"] == "train"]
-    return m.sort_values("step").reset_index(drop=True)
+    return m.sort_values("step").reset_index(drop=True) if "step" in m else m
 
 
 def load_metrics(runs: Sequence[Run], quiet: bool = True) -> pd.DataFrame:
@@ -97,7 +97,9 @@ def load_metrics(runs: Sequence[Run], quiet: bool = True) -> pd.DataFrame:
         m["total_steps"] = int(run.config.get("total_steps") or m["step"].max())
         frames.append(m)
     if not frames:
-        raise UserError("none of the selected runs has gradient-flow rows in its metrics.csv.")
+        external = " (checkpoints of other code have no metrics.csv)" if any(
+            r.config.get("external") for r in runs) else ""
+        raise UserError(f"none of the selected runs has gradient-flow rows in its metrics.csv{external}.")
     return pd.concat(frames, ignore_index=True)
 
 

@@ -392,3 +392,14 @@ def test_readme_example_works_as_written(tmp_path):
         assert res.returncode == 0, (line, res.stderr[-2000:])
     frame = pd.read_csv(tmp_path / "ckpts" / "_analysis" / "distances.csv")
     assert len(frame) > 0 and set(itertools.chain(frame["method_a"], frame["method_b"])) >= {"scratch"}
+
+
+def test_gradflow_says_external_runs_have_no_metrics(user_dir, tmp_path, monkeypatch, capsys):
+    from analysis import gradflow
+
+    _factory_env(user_dir, monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        gradflow.main([str(user_dir / "ckpts"), "--model-factory", "usermodel:build", "--out", str(tmp_path),
+                       "--quiet"])
+    assert exc.value.code == 2 and "other code have no metrics.csv" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
