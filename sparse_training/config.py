@@ -61,7 +61,9 @@ class TrainConfig:
     prune_start: float = _f(0.1, "prune: start of pruning as a fraction of training")
     prune_end: float = _f(0.6, "prune: end of pruning as a fraction of training")
     prune_every: int = _f(20, "prune: steps between pruning events")
-    prune_scope: str = _f("layer", "prune: per-layer (uniform) or global magnitude ranking", ("layer", "global"))
+    prune_scope: str = _f("layer", "prune: per-layer targets from --distribution, or one global magnitude ranking "
+                                   "(which sets the layer densities itself, so it refuses --distribution uniform; "
+                                   "it keeps --first-layer-dense)", ("layer", "global"))
     # dynamic sparse training (rigl, rigl+, set)
     update_every: int = _f(100, "rigl/set: steps between mask updates (Delta T)")
     drop_fraction: float = _f(0.3, "rigl/set: initial fraction of active weights dropped per update")
@@ -94,7 +96,7 @@ class TrainConfig:
         d = self.to_dict()
         for k in self.NON_IDENTITY:
             d.pop(k, None)
-        if not self.is_sparse():
+        if self.method == "dense":  # small-dense keeps it: its width is matched to the sparse network's count
             d["sparsity"] = 0.0
         return d
 

@@ -57,6 +57,22 @@ BATCHNORM_OPTIONAL = ("mlp", "lenet300", "mnist1d-mlp")  # models where --batchn
 OPTIONAL_ARCH_FIELDS = ("depth", "hidden", "skip", "batchnorm")  # config fields only some models read
 
 
+# --match-width fixes the sparsity; --sparsity must agree to this many decimals (4, as presets round it).
+MATCH_WIDTH_TOLERANCE = 5e-4
+
+
+def check_match_width(cfg: TrainConfig) -> None:
+    """Refuse --match-width where it would be ignored: methods with no random mask, or with --parent."""
+    if cfg.match_width is None:
+        return
+    if not cfg.match_width > 0:
+        raise UserError(f"--match-width must be a positive width multiplier, got {cfg.match_width}.")
+    if get_method(cfg.method).mask != "parent-or-random" or cfg.parent:
+        raise UserError("--match-width applies to scratch, scratch+, rigl, rigl+ and set runs without --parent "
+                        f"(it draws their mask); method '{cfg.method}'{' with --parent' if cfg.parent else ''} "
+                        "would ignore it.")
+
+
 def check_model_options(cfg: TrainConfig) -> None:
     """Refuse architecture flags the config's model would ignore: those set away from their default
     that :func:`model_options` does not pass to the model (one UserError sentence)."""
@@ -171,8 +187,15 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
         narrow = Masks.dense(build_for(cfg, input_shape, num_classes, width=cfg.match_width))
         counts = dict(zip(maskable_names(model), narrow.active_counts().values()))
         masks = Masks.from_counts(model, counts, seed=seed_for(cfg.seed, "mask"))
+        realised = masks.sparsity()
+        # the counts fix the sparsity; a --sparsity that disagrees would be recorded (and named) wrongly
+        if abs(realised - cfg.sparsity) > MATCH_WIDTH_TOLERANCE:
+            raise UserError(f"--match-width {cfg.match_width:g} gives {cfg.model} sparsity {realised:.4f} (the layer "
+                            f"sizes of the width-{cfg.match_width:g} network as active counts), not --sparsity "
+                            f"{cfg.sparsity:g}; pass --sparsity {realised:.4f}.")
         extra.update(matched_dense_params=count_parameters(build_for(cfg, input_shape, num_classes,
-                                                                     width=cfg.match_width)))
+                                                                     width=cfg.match_width)),
+                     realised_sparsity=realised)
     elif spec.mask == "parent-or-random":
         masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense,
                              seed=seed_for(cfg.seed, "mask"))

@@ -138,13 +138,35 @@ def preset_runs(name: str, seeds: int | None = None, overrides: dict | None = No
     specs = build(n)
     if not overrides:
         return specs
-    # re-derive ids so overridden runs never collide with the preset's own
-    renamed = {s.run_id: dataclasses.replace(s.config, **overrides).default_run_id(with_hash=False)
-               if s.run_id == s.config.default_run_id(with_hash=False) else f"{s.run_id}-{_tag(overrides)}"
-               for s in specs}
+    renamed = {s.run_id: renamed_id(s, overrides) for s in specs}
+    if len(set(renamed.values())) != len(renamed):
+        raise UserError("--set gives two runs of the preset the same id; change fewer settings at once.")
     return [RunSpec(renamed[s.run_id], dataclasses.replace(s.config, **overrides),
                     renamed.get(s.parent) if s.parent else None, tuple(renamed[d] for d in s.depends_on))
             for s in specs]
+
+
+ID_FIELDS = ("model", "dataset", "sparsity", "method", "seed")  # the settings a default run id spells out
+
+
+def renamed_id(spec: RunSpec, overrides: dict) -> str:
+    """The id of a preset run under ``--set`` overrides; it never equals an id of other settings.
+
+    A default-named run gets the id of its new settings; when an override changes a setting the id does
+    not spell out (epochs, lr, ...), a short hash of those overrides is appended, so the run cannot land
+    in the directory of the preset's own run (or of other overrides). Other runs always get the hash.
+    """
+    import dataclasses
+
+    cfg = dataclasses.replace(spec.config, **overrides)
+    if cfg.identity() == spec.config.identity():
+        return spec.run_id  # the overrides restate the preset's settings: the same run
+    spelled = ID_FIELDS if cfg.is_sparse() else tuple(f for f in ID_FIELDS if f != "sparsity")  # small-dense
+    hidden = {k: v for k, v in overrides.items() if k not in spelled and getattr(spec.config, k) != v}
+    if spec.run_id != spec.config.default_run_id(with_hash=False):
+        return f"{spec.run_id}-{_tag(overrides)}"
+    base = cfg.default_run_id(with_hash=False)
+    return f"{base}-{_tag(hidden)}" if hidden else base
 
 
 def _tag(overrides: dict) -> str:

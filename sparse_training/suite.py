@@ -159,6 +159,28 @@ def failure_reason(out: Path, run_id: str, code: int) -> str:
     return f"exit code {code}"
 
 
+def check_existing_runs(specs: list[RunSpec], out: Path) -> None:
+    """Refuse specs whose run directory under ``out`` already holds a run of other settings.
+
+    Without this a complete run of other settings would be skipped as if it were this one.
+    """
+    for s in specs:
+        run = RunDir(out / s.run_id)
+        if not run.exists():
+            continue
+        try:
+            saved = TrainConfig.from_dict(run.read_config()).identity()
+        except (UserError, TypeError):
+            raise UserError(f"{run.path} exists but holds no readable run config; move it away or use another --out.") from None
+        mine = s.config.identity()
+        saved.pop("parent", None)
+        mine.pop("parent", None)
+        if saved != mine:
+            diff = sorted(k for k in mine if saved.get(k) != mine[k])
+            raise UserError(f"{run.path} already holds a run with other settings ({', '.join(diff[:4])}); "
+                            "use another --out, or other --set values.")
+
+
 def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: str = "local",
               device: str = "cpu", threads: int = 1, quiet: bool = False, slurm_partition: str | None = None,
               slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None) -> pd.DataFrame:
@@ -171,6 +193,7 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
         raise UserError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}.")
     if jobs < 1:
         raise UserError("--jobs must be at least 1.")
+    check_existing_runs(specs, out)
     ids = {s.run_id for s in specs}
     for s in specs:
         missing = [d for d in s.depends_on if d not in ids]
@@ -282,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:  # run_suite validates the specs itself; a dry run must refuse a bad --set too
         for s in specs:
             validate(s.config)
+        check_existing_runs(specs, Path(args.out))
         for s in specs:
             print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))
         return 0

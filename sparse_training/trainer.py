@@ -25,7 +25,7 @@ from .distributions import check_sparsity
 from .errors import UserError
 from .io import atomic_torch_save
 from .masks import Masks
-from .methods import check_model_options, get_method, parent_path, prepare_start, seed_for
+from .methods import check_match_width, check_model_options, get_method, parent_path, prepare_start, seed_for
 from .metrics import METRICS_SEED, gradient_flow, masked_gradient, metric_indices, param_distance
 from .rundir import RunDir, check_run_id
 from .updaters import MaskUpdater, make_updater
@@ -79,6 +79,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model not in MODELS:
         raise UserError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}.")
     check_model_options(cfg)
+    check_match_width(cfg)
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}.")
     if cfg.optimizer not in OPTIMIZER_NAMES:
@@ -95,6 +96,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--drop-fraction must lie in [0, 1].")
     if not 0.0 <= cfg.prune_start < cfg.prune_end <= 1.0:
         raise UserError("--prune-start and --prune-end must satisfy 0 <= start < end <= 1.")
+    if cfg.method == "prune" and cfg.prune_scope == "global" and cfg.distribution != TrainConfig().distribution:
+        # a global magnitude ranking sets every layer's density itself; a distribution would be ignored
+        raise UserError(f"--prune-scope global ranks all layers together, so it sets the per-layer densities itself "
+                        f"and --distribution {cfg.distribution} would be ignored; drop it or use --prune-scope layer.")
     if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError("--lr must be a positive number.")
     parse_save_steps(cfg.save_steps)
@@ -305,6 +310,9 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     data = load_dataset(cfg.dataset, data_dir=data_dir)
     spec = get_method(cfg.method)
     model, masks, extra = prepare_start(cfg, data.input_shape, data.num_classes)
+    if "realised_sparsity" in extra:
+        print(f"{run_id}: --match-width {cfg.match_width:g} realises sparsity {extra['realised_sparsity']:.4f} "
+              f"({masks.num_active()} of {masks.numel()} maskable weights active)")
     model.to(dev)
     masks.to(dev)
     optimizer = make_optimizer(cfg, model)

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .distributions import active_counts, layer_densities
+from .errors import UserError
 from .masks import Masks
 
 GradFn = Callable[[], dict[str, torch.Tensor]]  # dense gradients of the grow batch, by param name
@@ -113,15 +114,22 @@ class GradualPruner:
         names = list(masks)
         shapes = {n: tuple(masks[n].shape) for n in names}
         if self.scope == "global":
+            # one magnitude ranking over all layers; a first layer kept dense is left out of it and
+            # the others absorb its share of the budget (as layer_densities does per layer)
+            dense = names[:1] if self.first_layer_dense else []
+            ranked = [n for n in names if n not in dense]
             total = sum(masks[n].numel() for n in names)
-            keep = round((1.0 - sparsity) * total)
+            keep = round((1.0 - sparsity) * total) - sum(masks[n].numel() for n in dense)
+            if keep < 0 or not ranked:
+                raise UserError(f"sparsity {sparsity:g} cannot be met with the first layer kept dense; lower it "
+                                "or drop --first-layer-dense.")
             scores = torch.cat([torch.where(masks[n], params[n].abs(), torch.full_like(params[n], -1.0)).reshape(-1).cpu()
-                                for n in names])
+                                for n in ranked])
             order = torch.argsort(scores, descending=True, stable=True)[:keep]
-            flat = torch.zeros(total, dtype=torch.bool)
+            flat = torch.zeros(scores.numel(), dtype=torch.bool)
             flat[order] = True
             offset = 0
-            for n in names:
+            for n in ranked:
                 k = masks[n].numel()
                 masks[n] = flat[offset:offset + k].reshape(shapes[n]).to(masks[n].device) & masks[n]
                 offset += k

@@ -9,6 +9,7 @@ from torch import nn
 
 from sparse_training.config import TrainConfig
 from sparse_training.distributions import active_counts, layer_densities
+from sparse_training.errors import UserError
 from sparse_training.masks import Masks
 from sparse_training.models import build_model
 from sparse_training.updaters import (
@@ -256,6 +257,36 @@ def test_gradual_pruner_first_layer_dense():
     assert abs(masks.sparsity() - 0.5) * masks.numel() <= len(masks)
     # the other two layers share the remaining 256 active weights uniformly: density 256 / 1152
     assert masks.active_counts()["layers.1.weight"] == round(1024 * 256 / 1152)
+
+
+def test_gradual_pruner_global_honours_first_layer_dense():
+    """--prune-scope global with --first-layer-dense: the first layer stays dense, the rest are ranked together."""
+    model = small_mlp(3)
+    with torch.no_grad():  # a small first layer would be pruned hardest by a global ranking
+        model.layers[0].weight.mul_(0.01)
+    masks = Masks.dense(model)
+    params = dict(model.named_parameters())
+    flat_w = torch.cat([params[n].detach().abs().reshape(-1) for n in list(masks)[1:]])
+    pruner = GradualPruner(final=0.5, start=0, end=1, every=1, scope="global", first_layer_dense=True)
+    pruner.update(1, model, masks, torch.optim.SGD(model.parameters(), lr=0.1), dict)
+    assert bool(masks["layers.0.weight"].all())
+    assert abs(masks.sparsity() - 0.5) * masks.numel() <= 1
+    keep = round(0.5 * masks.numel()) - masks["layers.0.weight"].numel()
+    rest = torch.cat([masks[n].reshape(-1) for n in list(masks)[1:]])
+    assert torch.equal(rest, brute_top(flat_w, torch.ones_like(rest), keep))
+    with pytest.raises(UserError, match="first layer kept dense"):
+        GradualPruner(final=0.9, start=0, end=1, every=1, scope="global", first_layer_dense=True).update(
+            1, model, Masks.dense(model), torch.optim.SGD(model.parameters(), lr=0.1), dict)
+
+
+def test_global_prune_scope_refuses_a_distribution():
+    from sparse_training.trainer import validate
+
+    base = dict(model="mlp", dataset="digits", method="prune", sparsity=0.9, prune_scope="global")
+    validate(TrainConfig(**base))  # the default distribution is accepted (and has no effect)
+    with pytest.raises(UserError, match="--distribution uniform would be ignored"):
+        validate(TrainConfig(**base, distribution="uniform"))
+    validate(TrainConfig(**{**base, "prune_scope": "layer"}, distribution="uniform"))
 
 
 # ---------------------------------------------------------------------------
