@@ -91,10 +91,12 @@ def load_weights_only(path: Path, map_location: str | torch.device = "cpu", mmap
             if not mmap:
                 raise
             return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for torn zip archives and for pickled objects
+    except Exception as exc:  # torch raises many types for torn zip archives
+        if "weights only load failed" in str(exc).lower():
+            raise UserError(f"checkpoint {path} holds objects that loading with weights_only=True refuses to "
+                            "unpickle; save a state_dict (a dict of tensors) instead.") from None
         raise UserError(
-            f"checkpoint {path} is corrupt, truncated or not loadable with weights_only=True "
-            f"({type(exc).__name__}); re-save it as a dict of tensors."
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it or rerun the run."
         ) from None
 
 

@@ -67,10 +67,15 @@ def _train(model, masks, x, y, seed: int, steps: int = 60) -> None:
         opt.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in masks:
-                    p.mul_(masks[name])
+        _apply(model, masks)
+
+
+def _apply(model, masks: dict[str, torch.Tensor]) -> None:
+    """Zero the weights off the masks (the user's own masking)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
 
 
 def _magnitude_masks(model, sparsity: float) -> dict[str, torch.Tensor]:
@@ -103,10 +108,7 @@ def user_dir(tmp_path_factory) -> Path:
     torch.save(net.state_dict(), ck / "prune_seed0_start.pt")
     _train(net, {}, d.x_train, d.y_train, seed=0)
     masks = _magnitude_masks(net, 0.8)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name in masks:
-                p.mul_(masks[name])
+    _apply(net, masks)
     _train(net, masks, d.x_train, d.y_train, seed=1, steps=30)
     torch.save({"state_dict": net.state_dict(), "epoch": 3}, ck / "prune_seed0_end.pt")
     torch.save(masks, ck / "prune_mask.pt")
@@ -114,20 +116,14 @@ def user_dir(tmp_path_factory) -> Path:
         # lottery tickets: the prune run's init under its mask, trained by the user's loop
         ticket = mod.build()
         ticket.load_state_dict(init)
-        with torch.no_grad():
-            for name, p in ticket.named_parameters():
-                if name in masks:
-                    p.mul_(masks[name])
+        _apply(ticket, masks)
         torch.save({"model": ticket.state_dict()}, ck / f"lottery_seed{seed}_start.pt")
         _train(ticket, masks, d.x_train, d.y_train, seed=10 + seed)
         torch.save(ticket.state_dict(), ck / f"lottery_seed{seed}_end.pt")
         # scratch: a new init under the same mask
         torch.manual_seed(100 + seed)
         scratch = mod.build()
-        with torch.no_grad():
-            for name, p in scratch.named_parameters():
-                if name in masks:
-                    p.mul_(masks[name])
+        _apply(scratch, masks)
         torch.save(scratch.state_dict(), ck / f"scratch_seed{seed}_start.pt")
         _train(scratch, masks, d.x_train, d.y_train, seed=20 + seed)
         torch.save(scratch.state_dict(), ck / f"scratch_seed{seed}_end.pt")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +87,7 @@ def test_metric_indices_is_the_trainers_metrics_batch(n, size):
 
 # --- version floors -------------------------------------------------------------------------------
 def _floors() -> dict[str, tuple[int, ...]]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     out = {}
     for dep in deps:
