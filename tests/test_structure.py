@@ -12,7 +12,6 @@ import torch
 from analysis.plotting import METHOD_ORDER, order_methods
 from sparse_training.config import METHOD_NAMES
 from sparse_training.metrics import metric_indices
-from sparse_training.trainer import fixed_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sparse_training", "landscape", "analysis", "figures")
@@ -79,7 +78,6 @@ def test_analysis_uses_no_trainer_internals():
 @pytest.mark.parametrize("n,size", [(100, 10), (4000, 1000), (7, 20)])
 def test_metric_indices_is_the_trainers_metrics_batch(n, size):
     idx = metric_indices(n, size)
-    assert torch.equal(idx, fixed_indices(n, size)[0])
     assert len(idx) == min(n, size) and len(set(idx.tolist())) == len(idx)
     expected = torch.randperm(n, generator=torch.Generator().manual_seed(20220222))[:size]
     assert torch.equal(idx, expected)

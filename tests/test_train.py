@@ -72,12 +72,12 @@ def test_masked_weights_stay_zero_and_grad_norm_is_masked(scratch_run):
 def test_grad_norm_matches_direct_computation(scratch_run):
     """The logged step-0 gradient norm equals a direct masked-gradient computation on the fixed batch."""
     from analysis.runs import Run
-    from sparse_training.trainer import fixed_indices
+    from sparse_training.metrics import metric_indices
 
     run = Run(scratch_run.path)
     model = run.model("start")
     data = run.dataset()
-    idx, _ = fixed_indices(len(data.x_train), 1000)
+    idx = metric_indices(len(data.x_train), 1000)  # the batch analyses use too
     model.train()
     loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
     grads = torch.autograd.grad(loss, list(model.parameters()))
