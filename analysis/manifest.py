@@ -249,15 +249,17 @@ class Manifest:
                                 f"({k} has shape {tuple(state[k].shape)}, the model's {tuple(shape)}).")
 
     def checkpoint(self, entry: Entry) -> dict:
-        """The entry as a toolkit checkpoint: ``{"model", "masks", "step"}`` (masks: mask file or nonzeros)."""
+        """The entry as a toolkit checkpoint: ``{"model", "masks"[, "step"]}`` (masks: mask file or nonzeros)."""
         state = load_state_dict(entry.file)
         self.check_state(state, entry.file)
         if entry.mask is not None:
             masks = read_mask(entry.mask, self.shapes)
         else:  # no mask given: the weights that are not zero are the active ones
             masks = {name: state[name] != 0 for name in self.maskable}
-        step = 0 if entry.which == "start" else (-1 if entry.which == "end" else int(entry.which))
-        return {"model": state, "masks": masks, "step": step}
+        out = {"model": state, "masks": masks}
+        if entry.which != "end":  # the end's step is not known from a manifest
+            out["step"] = 0 if entry.which == "start" else int(entry.which)
+        return out
 
     def data(self) -> Dataset:
         """The dataset of ``--dataset`` or ``--data-factory`` (loaded once)."""
