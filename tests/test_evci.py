@@ -175,3 +175,24 @@ def test_evci_protocol_runs_end_to_end_on_a_tiny_override(tmp_path):
         assert abs(m.float().mean().item() - 0.05) <= 1 / m.numel() + 1e-9, name
     metrics = prune.read_metrics()
     assert set(metrics["step"]) >= {0, 10, 20, 30}
+
+
+def test_reproduce_fetches_missing_full_data_only_when_asked(tmp_path, monkeypatch):
+    from figures.reproduce import ensure_data
+    from sparse_training import fetch
+
+    specs = preset_runs("evci-lenet5", 1)
+    with pytest.raises(UserError, match="make data"):
+        ensure_data(specs, str(tmp_path), fetch=False)
+    calls = []
+
+    def fake_fetch(name, data_dir, **kwargs):
+        calls.append(name)
+        fake_full_mnist(Path(data_dir))
+        return "fake"
+
+    monkeypatch.setattr(fetch, "fetch_dataset", fake_fetch)
+    ensure_data(specs, str(tmp_path), fetch=True)
+    assert calls == ["mnist"]
+    ensure_data(specs, str(tmp_path), fetch=True)  # present now: nothing fetched again
+    assert calls == ["mnist"]
