@@ -80,7 +80,8 @@ class Run:
     def architecture(self) -> tuple:
         """What must agree for two runs' parameters to be comparable."""
         c = self.config
-        return (c.get("model"), c.get("dataset"), c.get("width"), c.get("small_dense_width"),
+        sizes = (c.get("small_dense_sizes") or None) if c.get("method") == "small-dense" else None
+        return (c.get("model"), c.get("dataset"), c.get("width"), c.get("small_dense_width"), sizes,
                 c.get("activation"), c.get("batchnorm"), c.get("depth"), c.get("hidden"))
 
     # --- contents ------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_sizes
 from .errors import UserError
 from .init import initialize
 from .masks import Masks, maskable_names
@@ -95,17 +95,28 @@ def model_options(cfg: TrainConfig) -> dict:
     return opts
 
 
+SIZED_MODELS = ("lenet5", "lenet300")  # models whose hidden sizes --small-dense-sizes can set
+
+
 def build_for(cfg: TrainConfig, input_shape, num_classes: int, width: float | None = None) -> nn.Module:
-    """Build the config's model (optionally at another width)."""
+    """Build the config's model (optionally at another width).
+
+    A small-dense run with ``--small-dense-sizes`` gets exactly those hidden sizes (``width`` is
+    then ignored), so analyses rebuild it from its config alone.
+    """
     opts = model_options(cfg)
-    if width is not None:
+    if cfg.method == "small-dense" and cfg.small_dense_sizes:
+        if cfg.model not in SIZED_MODELS:
+            raise UserError(f"--small-dense-sizes applies to {', '.join(SIZED_MODELS)} only, not '{cfg.model}'.")
+        opts["sizes"] = parse_sizes(cfg.small_dense_sizes)
+    elif width is not None:
         opts["width"] = width
     return build_model(cfg.model, input_shape, num_classes, **opts)
 
 
 def sparse_active_count(cfg: TrainConfig, input_shape, num_classes: int) -> int:
     """Parameters a sparse network of this config keeps: active maskable weights plus all others."""
-    model = build_for(cfg, input_shape, num_classes)
+    model = build_model(cfg.model, input_shape, num_classes, **model_options(cfg))
     masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense, seed=0)
     return count_parameters(model) - masks.numel() + masks.num_active()
 
@@ -165,7 +176,11 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
     """
     spec = get_method(cfg.method)
     extra: dict = {}
-    if cfg.method == "small-dense":
+    if cfg.method == "small-dense" and cfg.small_dense_sizes:
+        model = build_for(cfg, input_shape, num_classes)
+        extra.update(small_dense_params=count_parameters(model),
+                     sparse_active_params=sparse_active_count(cfg, input_shape, num_classes))
+    elif cfg.method == "small-dense":
         width, dense_count, target = small_dense_width(cfg, input_shape, num_classes)
         model = build_for(cfg, input_shape, num_classes, width=width)
         extra.update(small_dense_width=width, small_dense_params=dense_count,
@@ -215,7 +230,7 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
         # would start from exactly the weights of prune seed s, i.e. from the lottery ticket.
         stream = "init" if spec.mask in ("none", "dense-then-prune") else "reinit"
         initialize(model, masks if spec.mask != "none" else None, init_scheme, cfg.init_mode,
-                   cfg.init_dist, seed=seed_for(cfg.seed, stream))
+                   cfg.init_dist, seed=seed_for(cfg.seed, stream), gain=cfg.init_gain)
     extra.update(init_scheme=init_scheme if spec.weights == "init" else "parent-rewind",
                  maskable_layers=maskable_names(model),
                  total_params=count_parameters(model), active_maskable=masks.num_active(),

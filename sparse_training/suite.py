@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .data import require_full_dataset
 from .errors import UserError, cli_entry
 from .presets import PRESETS, RunSpec, parse_overrides, preset_runs
 from .rundir import RunDir
@@ -188,6 +189,8 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
     out = Path(out)
     for s in specs:  # a bad setting (e.g. from --set) fails here, in one sentence, before anything is written
         validate(s.config)
+    for dataset in sorted({s.config.dataset for s in specs if s.config.full_data}):
+        require_full_dataset(dataset, data_dir)  # the faithful presets never fall back to a subset
     check_output_dir(out)
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}.")
