@@ -16,6 +16,8 @@ The engine has three parts.
   percentile bootstrap over runs (pairs resampled together), p-value from the bootstrap.
 - :func:`correlation_difference_test` (``"correlation_difference"``): tau(x1, y) - tau(x2, y) on the
   same runs (e.g. EGF against the gradient norm), both taus from each bootstrap resample of the runs.
+- :func:`bootstrap_test` (``"bootstrap"``): a statistic with bootstrap replicates computed elsewhere
+  (claim 5's ensemble gains of resampled runs), percentile interval and bootstrap p-value.
 - :func:`count_test` (``"binomial"``): k successes out of n trials (e.g. mask updates), one-sided exact
   binomial test against ``p0``, effect = k/n with its Clopper-Pearson interval; ``extra`` may carry a
   second effect with an interval (claim 6 reports the mean change of the smallest eigenvalue).
@@ -394,6 +396,20 @@ def correlation_difference_test(x1: Sequence[float], x2: Sequence[float], y: Seq
                          f"τ₁ = {_fmt(t1)}, τ₂ = {_fmt(t2)}")
 
 
+def bootstrap_test(observed: float, replicates: Sequence[float], direction: str = "greater", threshold: float = 0.0,
+                   alpha: float = ALPHA, n: int = 0, name: str = "Δ") -> Verdict:
+    """A statistic with bootstrap replicates computed elsewhere (e.g. ensemble gains of resampled runs).
+
+    Percentile interval at ``1 - 2 alpha`` and the one-sided bootstrap p-value; ``n`` is the number of
+    runs resampled (for the record). Fewer than 100 finite replicates is inconclusive.
+    """
+    boot = _clean(replicates)
+    test = "bootstrap over runs (percentile)"
+    if np.sum(np.isfinite(boot)) < 100:
+        return _too_few(test, n, name, float(observed))
+    return _boot_verdict(test, name, float(observed), boot, n, direction, threshold, alpha)
+
+
 # --- counts ----------------------------------------------------------------------------------
 def clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
     """The exact (Clopper-Pearson) two-sided interval of a binomial proportion at ``level``."""
@@ -456,6 +472,7 @@ TESTS: dict[str, Callable[..., Verdict]] = {
     "mannwhitney": unpaired_test,
     "correlation": correlation_test,
     "correlation_difference": correlation_difference_test,
+    "bootstrap": bootstrap_test,
     "binomial": count_test,
 }
 

@@ -153,6 +153,15 @@ def test_bootstrap_is_reproducible():
     assert C.correlation_difference_test(x1, x2, y) == C.correlation_difference_test(x1, x2, y)
 
 
+@pytest.mark.parametrize(("centre", "expected"), [(0.5, "held"), (-0.5, "not held"), (0.05, "inconclusive")])
+def test_bootstrap_test_on_given_replicates(centre, expected):
+    reps = np.random.default_rng(0).normal(centre, 0.2, size=2000)
+    v = C.bootstrap_test(centre, reps, "greater", n=5)
+    assert v.verdict == expected
+    assert (v.ci_low, v.ci_high) == pytest.approx(tuple(np.quantile(reps, [ALPHA, 1 - ALPHA])))
+    assert v.p_value == pytest.approx((np.sum(reps <= 0) + 1) / (len(reps) + 1))
+
+
 # --- counts -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("k", "n", "expected"), [(18, 20, "held"), (3, 20, "not held"), (12, 20, "inconclusive"),
                                                   (7, 8, "held")])
