@@ -169,7 +169,8 @@ def decide(p_value: float, lo: float, hi: float, threshold: float, direction: st
     return NOT_HELD if lo >= threshold else INCONCLUSIVE
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
+    """A number for the report: 3 significant digits with a sign; ∞ for infinite bounds."""
     if not np.isfinite(x):
         return "−∞" if x < 0 else ("∞" if x > 0 else "nan")
     return f"{x:+.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:+.2e}"
@@ -177,7 +178,7 @@ def _fmt(x: float) -> str:
 
 def key_text(name: str, effect: float, lo: float, hi: float, n: int) -> str:
     """The key number of a verdict: ``name = effect [lo, hi], n = n``."""
-    return f"{name} = {_fmt(effect)} [{_fmt(lo)}, {_fmt(hi)}], n = {n}"
+    return f"{name} = {fmt(effect)} [{fmt(lo)}, {fmt(hi)}], n = {n}"
 
 
 def _too_few(test: str, n: int, name: str, statistic: float = math.nan) -> Verdict:
@@ -349,7 +350,7 @@ def _boot_verdict(test: str, name: str, observed: float, boot: np.ndarray, n: in
     finite = boot[np.isfinite(boot)]
     if not np.isfinite(observed) or len(finite) < 0.5 * len(boot):
         return Verdict("", INCONCLUSIVE, observed, observed, math.nan, math.nan, n, test, math.nan,
-                       f"{name} = {_fmt(observed)}, n = {n}: undefined (constant values)", detail)
+                       f"{name} = {fmt(observed)}, n = {n}: undefined (constant values)", detail)
     lo, hi = (float(v) for v in np.quantile(finite, [alpha, 1 - alpha]))
     p = _bootstrap_p(boot, threshold, direction)
     verdict = decide(p, lo, hi, threshold, direction, alpha)
@@ -393,7 +394,7 @@ def correlation_difference_test(x1: Sequence[float], x2: Sequence[float], y: Seq
     boot = np.array([kendall(x1[i], y[i]) - kendall(x2[i], y[i]) for i in idx])
     t1, t2 = kendall(x1, y), kendall(x2, y)
     return _boot_verdict(test, name, t1 - t2, boot, n, direction, threshold, alpha,
-                         f"τ₁ = {_fmt(t1)}, τ₂ = {_fmt(t2)}")
+                         f"τ₁ = {fmt(t1)}, τ₂ = {fmt(t2)}")
 
 
 def bootstrap_test(observed: float, replicates: Sequence[float], direction: str = "greater", threshold: float = 0.0,
@@ -440,7 +441,7 @@ def count_test(k: int, n: int, direction: str = "greater", threshold: float = 0.
     if extra is not None:
         label, values = extra
         mean, elo, ehi = mean_interval(values, alpha)
-        detail = f"{label} = {_fmt(mean)} [{_fmt(elo)}, {_fmt(ehi)}]"
+        detail = f"{label} = {fmt(mean)} [{fmt(elo)}, {fmt(ehi)}]"
     verdict = decide(p, lo, hi, threshold, direction, alpha)
     return Verdict("", verdict, float(k), effect, lo, hi, n, test, p,
                    f"{k}/{n} = {effect:.2f} [{lo:.2f}, {hi:.2f}]", detail)
