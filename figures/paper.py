@@ -427,7 +427,10 @@ def section_matrix(rep: Report) -> list[str]:
             "95% bound, matching the one-sided test at α = 0.05). **held**: p < 0.05 and the interval on the "
             "claimed side of the threshold; **not held**: the interval on the other side; **inconclusive**: "
             "the interval covers the threshold, or too few samples. Intervals come from the spread between "
-            "seeds (runs, updates), so float noise between machines cannot flip a clear verdict.", "",
+            "seeds (runs, updates), so float noise between machines cannot flip a clear verdict. With 3 seeds a "
+            "paired rank test cannot reach p < 0.05 (its smallest p is 1/8) and its interval is unbounded "
+            "([−∞, ∞]); with 2 or fewer there is no test (n = 2). The effect is in the measure's units: see "
+            "\"How each claim is tested\" and each setting's claims table for the names.", "",
             markdown(claims_matrix(rep.settings, rep.claims)), ""]
 
 
