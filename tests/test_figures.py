@@ -142,3 +142,10 @@ def test_empty_directory_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path)])
     assert exc.value.code == 2 and "holds no runs" in capsys.readouterr().err
+
+
+def test_analysis_dir_with_several_runs_directories_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "a"), str(tmp_path / "b"), "--analysis-dir", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "one runs directory" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
