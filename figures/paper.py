@@ -334,11 +334,11 @@ def egf_table(corr: pd.DataFrame, out: Path) -> pd.DataFrame:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no tabulate dependency)."""
+    """A GitHub Markdown table (no tabulate dependency); a '|' inside a cell is escaped."""
     cols = list(frame.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for _, r in frame.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in r.values) + " |")
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v).replace("|", "\\|") for v in r.values) + " |")
     return "\n".join(lines) + "\n"
 
 
