@@ -44,7 +44,9 @@ a setting cannot provide raises :class:`NoData` and the claim is ``inconclusive`
           comparison="rigl+ - rigl, paired by seed", test="wilcoxon", direction="greater", threshold=0.0,
           figure="fig4_gradient_norm.png", samples=lambda data: {"a": ..., "b": ...})
 
-The Evci et al. and Tessera et al. rows live in :mod:`figures.evci_claims`.
+The Evci et al. and Tessera et al. rows live in :mod:`figures.evci_claims`; ``figures.paper`` judges the
+table ``figures.paper.CLAIMS`` in every setting, so another table joins the report by being added there
+(``CLAIMS = EVCI_CLAIMS + MORE_CLAIMS``; ids must be unique).
 """
 from __future__ import annotations
 
