@@ -1,17 +1,20 @@
-"""figures.paper on a smoke-preset runs directory: every output exists, is non-empty, and every claim has numbers."""
+"""figures.paper on a smoke-preset runs directory: every output exists, every claim has a verdict with its
+statistics, several runs directories make a claims x settings matrix."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from analysis.runs import select_runs
-from figures.paper import PAPER_SOURCE, PAPER_TABLE1, TABLE1_COLUMNS, main
+from figures.claims import VERDICT_COLUMNS
+from figures.paper import CLAIMS, PAPER_SOURCE, PAPER_TABLE1, TABLE1_COLUMNS, main
 
 FIGURES = ["fig3_signal", "fig4_gradient_norm", "fig6_mds", "fig7_interpolation", "fig_hessian_rigl"]
 TABLES = ["table1_ensemble.md", "table1_ensemble.csv", "table1_vs_paper.md", "table1_vs_paper.csv",
-          "table_egf_correlation.md", "table_egf_correlation.csv", "claims.csv", "REPORT.md"]
+          "table_egf_correlation.md", "table_egf_correlation.csv", "claims.csv", "claims_matrix.csv", "REPORT.md"]
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +36,69 @@ def test_every_output_exists_and_is_non_empty(figures_dir):
         assert (figures_dir / name).stat().st_size > 50, name
 
 
-def test_every_claim_row_carries_numbers(figures_dir):
+def test_every_claim_has_a_verdict_with_its_statistics(figures_dir):
     claims = pd.read_csv(figures_dir / "claims.csv")
-    assert list(claims["claim"]) == [1, 2, 3, 4, 5, 6, 7]
-    for text in claims["measured"]:
-        numbers = re.findall(r"[-+]?\d+\.\d+", text)
-        assert len(numbers) >= 2, text
-        assert "nan" not in text.lower(), text
+    assert list(claims["claim"].astype(str)) == [c.id for c in CLAIMS]
+    assert list(claims.columns) == VERDICT_COLUMNS
+    assert set(claims["verdict"]) <= {"held", "not held", "inconclusive"}
+    assert (claims["n"] > 0).sum() >= 15  # the smoke preset has every method the claims compare
+    measured = claims[claims["ci_low"].notna()]
+    assert len(measured) >= 5
+    for _, row in claims.iterrows():
+        if row["n"] > 0 and pd.isna(row["ci_low"]):  # e.g. 2 seeds for a paired test: no verdict either way
+            assert row["verdict"] == "inconclusive" and ("too few" in row["key"] or "undefined" in row["key"])
+    for _, row in measured.iterrows():
+        assert row["test"] and len(re.findall(r"[-+]?\d+\.?\d*", row["key"])) >= 3, row["key"]
+        if "bootstrap" not in row["test"]:  # rank and exact intervals contain their estimate (percentile ones need not)
+            assert row["ci_low"] <= row["effect"] <= row["ci_high"], row
+        if row["verdict"] == "held":  # held means p < 0.05 and the interval on the claimed side
+            assert row["p_value"] < 0.05
+            side = row["ci_low"] > row["threshold"] if row["direction"] == "greater" else row["ci_high"] < row["threshold"]
+            assert side, row
     report = (figures_dir / "REPORT.md").read_text()
-    assert report.count("| **yes** |") + report.count("| **no** |") == 7
+    assert "## Claims across settings" in report and "## How each claim is tested" in report
+    matrix = pd.read_csv(figures_dir / "claims_matrix.csv")
+    setting = matrix.columns[-1]
+    for _, row in claims.iterrows():  # the matrix cell says the verdict of claims.csv
+        cell = matrix.loc[matrix["claim"].astype(str) == str(row["claim"]), setting].iloc[0]
+        assert cell.startswith(f"**{row['verdict']}**") or cell.startswith(row["verdict"])
+        assert cell in report
     for stem in FIGURES:
         assert f"{stem}.png" in report
+
+
+def test_several_runs_directories_make_a_matrix(figures_dir, tmp_path):
+    import shutil
+
+    runs = figures_dir.parent
+    other = tmp_path / "second"
+    shutil.copytree(runs, other)
+    out = tmp_path / "out"
+    assert main([str(runs), str(other), "--out", str(out), "--quiet"]) == 0
+    matrix = pd.read_csv(out / "claims_matrix.csv")
+    first = "mlp-digits-s0.9"  # 'runs' is a generic name: the column is named by model, dataset, sparsity
+    assert list(matrix.columns) == ["claim", "statement", first, "second"]
+    # the same runs give the same verdicts in both columns
+    assert (matrix[first] == matrix["second"]).all()
+    claims = pd.read_csv(out / "claims.csv")
+    assert sorted(set(claims["setting"])) == [first, "second"] and len(claims) == 2 * len(CLAIMS)
+    for name in (first, "second"):
+        assert (out / name / "fig3_signal.png").is_file()
+    assert f"]({first}/fig3_signal.png)" in (out / "REPORT.md").read_text()
+
+
+def test_setting_names():
+    from figures.paper import setting_label, unique_names
+
+    class R:
+        def __init__(self, config):
+            self.config, self.sparsity = config, config.get("sparsity", 0.9)
+
+    assert setting_label(Path("/x/paper-mlp"), [R({"model": "mlp"})]) == "paper-mlp"
+    assert setting_label(Path("/x/runs"), [R({"model": "lenet5", "dataset": "mnist", "sparsity": 0.95})]) == \
+        "lenet5-mnist-s0.95"
+    assert setting_label(Path("/x/runs"), [R({"preset": "evci-lenet5"})]) == "evci-lenet5"
+    assert unique_names(["a", "b", "a"]) == ["a", "b", "a-2"]
 
 
 def test_table1_matches_ensemble_analysis(figures_dir):
@@ -87,3 +142,10 @@ def test_empty_directory_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path)])
     assert exc.value.code == 2 and "holds no runs" in capsys.readouterr().err
+
+
+def test_analysis_dir_with_several_runs_directories_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "a"), str(tmp_path / "b"), "--analysis-dir", str(tmp_path / "x")])
+    assert exc.value.code == 2 and "one runs directory" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
