@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -337,6 +337,7 @@ def plane(
     recalibration_batches: int | None = None,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
+    progress: Callable[[], object] | None = None,
 ) -> PlaneResult:
     """Loss and accuracy on the plane through three points, on a grid of plane coordinates.
 
@@ -344,7 +345,8 @@ def plane(
     ``ParamSpace(model)``, unit ``|b - a|``). The default grid has ``grid_size`` points per axis
     covering the three points with ``margin`` of the larger span on each side. A grid point is an
     affine combination of a, b and c, applied to every state entry (buffers too) for state_dicts.
-    Other arguments as for :func:`interpolate`.
+    ``progress()`` is called after each grid point (e.g. a progress bar's update). Other arguments
+    as for :func:`interpolate`.
     """
     geometry_space = space if space is not None else ParamSpace(model)
     gamma, kappa, anchors = _plane_geometry(geometry_space, theta_a, theta_b, theta_c)
@@ -373,6 +375,8 @@ def plane(
             # alpha * u + beta * kappa * v, rewritten on (b - a) and (c - a)
             surface.load([alpha - beta * kappa * gamma, beta * kappa])
             loss[i, j], acc[i, j] = sweep.score()
+            if progress is not None:
+                progress()
     return PlaneResult(
         alphas=alphas, betas=betas, loss=loss, accuracy=acc, anchors=anchors,
         recalibrated=sweep.recalibrate,
