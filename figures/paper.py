@@ -33,6 +33,8 @@ from analysis.runs import select_runs
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv, atomic_write_text
 
+from . import beyond
+
 FORMATS = ("png", "pdf")
 FAMILY = ("lottery", "scratch", "scratch+", "rigl", "rigl+")
 
@@ -76,14 +78,15 @@ STEPS = (
 )
 
 
-def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace) -> list[str]:
-    """Run every analysis whose outputs are missing (all with ``--force``); returns the ones run."""
+def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace,
+                         steps: tuple[Step, ...] = STEPS) -> list[str]:
+    """Run every analysis of ``steps`` whose outputs are missing (all with ``--force``); returns the ones run."""
     import importlib
 
     ran = []
     # outputs older than the newest finished run are stale
     newest = max((p.stat().st_mtime for p in runs.glob("*/status.json")), default=0.0)
-    for step in STEPS:
+    for step in steps:
         outputs = [analysis_dir / f for f in step.outputs]
         fresh = all(p.is_file() and p.stat().st_mtime >= newest for p in outputs)
         if fresh and not args.force:
@@ -92,7 +95,7 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
         t0 = time.perf_counter()
         print(f"[figures.paper] running analysis.{step.name} ...", flush=True)
         argv = step.argv(runs, analysis_dir, args)
-        if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian"):
+        if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian", "plane", "curve", "stability"):
             argv += ["--data-dir", args.data_dir]
         code = module.main(argv)
         if code:
@@ -497,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     egf_table(read(analysis_dir, "gradflow_correlations.csv"), out)
     claim_list = claims(analysis_dir, sparsity)
     acc = accuracy_by_method(all_runs)
-    atomic_write_text(out / "REPORT.md", report(runs, out, claim_list, table, acc, vs_paper))
+    atomic_write_text(out / "REPORT.md", report(runs, out, claim_list, table, acc, vs_paper)
+                      + beyond.markdown(analysis_dir, out))
     claim_frame = pd.DataFrame([{"claim": c.number, "held": c.held, "measured": c.numbers, "figure": c.figure}
                                 for c in claim_list])
     atomic_write_csv(out / "claims.csv", claim_frame)
