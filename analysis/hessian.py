@@ -34,6 +34,17 @@ Outputs (in ``<runs>/_analysis`` or ``--out``):
 - ``hessian_density.csv`` (with ``--slq``): the smoothed spectral density of each checkpoint;
 - ``hessian.png``: largest and smallest eigenvalue against step, one line per run, updates marked.
 
+With ``--per-layer`` each layer's diagonal block of the Hessian is analysed instead of the whole
+matrix (``landscape.hessian.layer_operators``: the layer's active weights and its bias, the other
+layers held fixed; blocks of at most 64 coordinates are formed and solved exactly, larger ones by
+Lanczos), asked in PyHessian #10 and hessian-eigenthings #19. It writes ``hessian_layers.csv`` (one
+row per checkpoint, layer and eigenvalue, with the block's size), ``hessian_layers_updates.csv``
+(per mask update and layer: smallest and largest block eigenvalue pre and post) and
+``hessian_layers.png``, and leaves the full-Hessian outputs alone. For ReLU networks (and max
+pooling) the output is piecewise linear in any one layer's weights, so each diagonal block is a
+Gauss-Newton matrix and positive semi-definite: negative curvature can only come from the blocks
+that couple layers, which the per-layer spectra make visible.
+
 An eigenvalue is *negative* when below ``-neg_tol * lambda_max`` (``--neg-tol``, default 1e-4), so
 rounding noise around zero is not counted.
 """
