@@ -139,7 +139,11 @@ def layers_sentence(layers: pd.DataFrame, updates: pd.DataFrame | None, full: pd
     if negative:
         text += ", so that layer carries negative curvature of its own"
     else:
-        text += ": no layer has negative curvature within its own weights"
+        conv = bottom["converged"].astype(bool) if "converged" in bottom else pd.Series(True, index=bottom.index)
+        text += (": no layer shows negative curvature within its own weights (as expected for ReLU networks, "
+                 "piecewise linear in any one layer's weights, whose blocks are Gauss-Newton matrices; "
+                 f"{int(conv.sum())} of {len(conv)} smallest-eigenvalue estimates met the tolerance, the others are "
+                 "Ritz values, upper bounds)")
         if full is not None and len(full) and float(full["min_post"].min()) < 0:
             text += (f", so the negative eigenvalues of the full Hessian (down to {full['min_post'].min():.3g} after "
                      "updates) come from the blocks that couple layers")

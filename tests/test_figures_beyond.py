@@ -67,7 +67,8 @@ def test_layers_sentence_says_where_negative_curvature_lives():
     updates = pd.DataFrame({"layer": ["fc1", "fc2"], "top_pre": [2.0, 5.0], "top_post": [3.0, 5.0]})
     full = pd.DataFrame({"min_post": [-0.5, -0.2]})
     text = beyond.layers_sentence(layers(1e-7), updates, full)
-    assert "no layer has negative curvature within its own weights" in text
+    assert "no layer shows negative curvature within its own weights" in text
+    assert "4 of 4 smallest-eigenvalue estimates" in text
     assert "down to -0.5" in text and "couple layers" in text and "fc1 (×1.50" in text
     neg = beyond.layers_sentence(layers(-0.3), updates, full)
     assert "-0.3 (fc2" in neg and "carries negative curvature of its own" in neg
