@@ -4,7 +4,7 @@ Li et al. (2018), "Visualizing the Loss Landscape of Neural Nets", and Garipov e
 plane figures) look at the loss on a 2-D plane of parameter space. Here the plane passes through
 three checkpoints ``a``, ``b``, ``c``: by default the lottery ticket's end (``a``), the scratch run's
 end (``b``) and the pruning solution (``c``) of one seed's family (the lowest seed with all three, or
-``--seed``); ``--points RUN:POINT`` three times chooses any others (POINT: ``start``, ``end``, a
+``--seed``; ``--method`` and ``--run`` do not apply); ``--points RUN:POINT`` three times chooses any others (POINT: ``start``, ``end``, a
 step, or ``STEP:pre`` / ``STEP:post``).
 
 Coordinates (``landscape.interpolate.plane``): ``a`` at (0, 0), ``b`` at (1, 0), ``c`` above the
