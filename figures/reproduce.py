@@ -2,8 +2,8 @@
 
     python -m figures.reproduce --out runs --seeds 5 --jobs 2
 
-The ``stability`` preset's runs (Frankle et al. 2020's rewinding experiment, 22 short runs) go to
-``<out>/_stability``; the analyses beyond the paper (``figures.beyond``: plane, curves, stability,
+The ``stability`` preset's runs (Frankle et al. 2020's rewinding experiment, 22 short runs; for
+another family preset the same graph with that preset's model and data) go to ``<out>/_stability``; the analyses beyond the paper (``figures.beyond``: plane, curves, stability,
 per-layer Hessian spectra) write to ``<out>/_analysis`` like the others.
 
 Running it again reuses finished runs and analyses and takes seconds. The PNGs are also copied to
@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 
 from sparse_training.errors import cli_entry
-from sparse_training.presets import parse_overrides, preset_runs
+from sparse_training.presets import (
+    parse_overrides,
+    preset_runs,
+    preset_settings,
+    stability_graph,
+    stability_settings,
+)
 from sparse_training.suite import accuracy_table, format_accuracy_table, run_suite
 
 from . import beyond, paper
@@ -54,18 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed):
         print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
         return 1
-    stab = preset_runs("stability", None, parse_overrides(args.set))
+    # the stability experiment with the preset's own model and data (for paper-lenet5: the stability preset)
+    settings = preset_settings(args.preset)
     stab_dir = Path(args.out) / beyond.STABILITY_DIR
     t1 = time.perf_counter()
-    print(f"\n[2/4] stability suite: {len(stab)} runs -> {stab_dir}/", flush=True)
-    stab_results = run_suite(stab, stab_dir, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
-    if (stab_results["state"] == "failed").any():
-        print(f"stability run(s) failed: see {stab_dir / '_logs'}", file=sys.stderr)
-        return 1
+    steps = beyond.steps()
+    if settings:
+        stab = stability_graph(stability_settings({**settings, **parse_overrides(args.set)}), 2)
+        print(f"\n[2/4] stability suite: {len(stab)} runs -> {stab_dir}/", flush=True)
+        stab_results = run_suite(stab, stab_dir, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
+        if (stab_results["state"] == "failed").any():
+            print(f"stability run(s) failed: see {stab_dir / '_logs'}", file=sys.stderr)
+            return 1
+    else:
+        print(f"\n[2/4] preset {args.preset} has no family settings: no stability runs", flush=True)
+        steps = tuple(s for s in steps if s.name != "stability")
     paper_argv = [args.out] + (["--data-dir", args.data_dir] if args.data_dir else [])
     print(f"\n[3/4] analyses beyond the paper ({time.perf_counter() - t0:.0f} s so far)", flush=True)
     paper.run_missing_analyses(Path(args.out), Path(args.out) / "_analysis", paper.build_parser().parse_args(paper_argv),
-                               beyond.steps())
+                               steps)
     print(f"[figures.reproduce] stability suite and analyses beyond the paper took {time.perf_counter() - t1:.0f} s",
           flush=True)
     print(f"\n[4/4] the paper's analyses, figures and REPORT.md ({time.perf_counter() - t0:.0f} s so far)", flush=True)
