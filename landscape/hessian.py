@@ -16,6 +16,7 @@ from torch.func import functional_call
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .distributed import all_reduce_sum, use_distributed
 from .evaluate import (
     DEFAULT_BATCH_SIZE,
     Data,
@@ -168,7 +169,15 @@ class HessianOperator(SymmetricOperator):
             dataset are kept, roughly three times the activations; when the first chunk shows that
             they would exceed ``cache_bytes`` (or half the free CUDA memory), or tracing fails,
             products are recomputed in full instead. ``cache_info`` tells what happened.
+            When it is built, the cache checks itself: one product with a seeded random vector,
+            cached against direct, must agree to ``sqrt(eps)`` relative; if not (tracing bakes in
+            the branch a data-dependent ``if`` took on the first chunk of a shape), it switches
+            itself off with a ``RuntimeWarning`` and ``cache_info`` says why.
         cache_bytes: memory budget of that cache.
+        distributed: sum over the ranks of the initialized ``torch.distributed`` process group
+            (each rank gives its shard of the data; products, gradient and loss are all-reduced
+            and weighted by the global example count). ``None`` (default): when a group of more
+            than one rank is initialized. Every rank must make the same calls.
     """
 
     def __init__(
@@ -185,8 +194,10 @@ class HessianOperator(SymmetricOperator):
         method: Method = "forward-over-reverse",
         cache: bool = True,
         cache_bytes: int = 2 * 2**30,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__()
+        self.distributed = use_distributed(distributed)
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
         self.model = model
@@ -206,7 +217,9 @@ class HessianOperator(SymmetricOperator):
         self._constants: dict[str, torch.Tensor] = {}
         self.set_point(model)
         self._chunks = materialize_batches(data, chunk_size, self._device, self._dtype)
-        self.n = sum(int(x.shape[0]) for x, _ in self._chunks)
+        self.n_local = sum(int(x.shape[0]) for x, _ in self._chunks)
+        count = torch.tensor([self.n_local], dtype=torch.float64, device=self._device)
+        self.n = int(all_reduce_sum(count, self.distributed).item())  # over all ranks
         if self.n == 0:
             raise ValueError("the data for the Hessian has no examples.")
         self._weights = [int(x.shape[0]) / self.n for x, _ in self._chunks]
@@ -338,11 +351,32 @@ class HessianOperator(SymmetricOperator):
                 for graph, w in zip(self._folded, self._weights):
                     hv = dict(zip(names, graph(*flat)))
                     total.add_(self.space.to_vector(hv), alpha=w)
-                return total
-            for (x, y), w in zip(self._chunks, self._weights):
-                hv = self._hvp_chunk(tangent, x, y)
-                total.add_(self.space.to_vector(hv), alpha=w)
+            else:
+                self._direct_product(tangent, total)
+        return all_reduce_sum(total, self.distributed)
+
+    def _direct_product(self, tangent: dict[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        """Add this rank's uncached ``H v`` into ``total``."""
+        for (x, y), w in zip(self._chunks, self._weights):
+            hv = self._hvp_chunk(tangent, x, y)
+            total.add_(self.space.to_vector(hv), alpha=w)
         return total
+
+    def _cache_agrees(self, folded: list) -> tuple[bool, float]:
+        """Cached against direct local product on a seeded random vector: (agree, relative error)."""
+        gen = torch.Generator().manual_seed(12345)
+        v = torch.randn(self.size, generator=gen, dtype=torch.float64).to(self._device, self._dtype)
+        tangent = self.space.from_vector(v)
+        names = list(self._variables)
+        flat = [tangent[n] for n in names]
+        cached = torch.zeros_like(v)
+        for graph, w in zip(folded, self._weights):
+            cached.add_(self.space.to_vector(dict(zip(names, graph(*flat)))), alpha=w)
+        direct = self._direct_product(tangent, torch.zeros_like(v))
+        scale = float(torch.linalg.vector_norm(direct))
+        err = float(torch.linalg.vector_norm(cached - direct)) / max(scale, 1e-300)
+        tol = 10 * torch.finfo(self._dtype).eps ** 0.5
+        return (err <= tol or scale == 0.0 and float(torch.linalg.vector_norm(cached)) == 0.0), err
 
     # ------------------------------------------------------------------ linearization cache
     def _trace_chunk_hvp(self, x: torch.Tensor, y: torch.Tensor) -> torch.fx.GraphModule:
@@ -403,15 +437,28 @@ class HessianOperator(SymmetricOperator):
                     traced[key] = self._trace_chunk_hvp(x, y)
                 graph = self._fold_for_chunk(traced[key], x, y)
                 used += sum(p.numel() * p.element_size() for p in graph.parameters())
-                projected = used * self.n / sum(int(c.shape[0]) for c, _ in self._chunks[: len(folded) + 1])
+                projected = used * self.n_local / sum(int(c.shape[0]) for c, _ in self._chunks[: len(folded) + 1])
                 if projected > self._cache_budget():
                     self.cache_info = (
                         f"off: would need about {projected / 2**20:.0f} MiB, over the budget"
                     )
+                    warnings.warn(f"HVP cache {self.cache_info}; products are recomputed in full.",
+                                  RuntimeWarning, stacklevel=4)
                     return
                 folded.append(graph)
         except Exception as exc:  # tracing can fail on data-dependent code: recompute instead
             self.cache_info = f"off: tracing failed ({type(exc).__name__})"
+            warnings.warn(f"HVP cache {self.cache_info}; products are recomputed in full.",
+                          RuntimeWarning, stacklevel=4)
+            return
+        agree, err = self._cache_agrees(folded)
+        if not agree:
+            self.cache_info = (
+                f"off: cached products disagreed with direct ones (relative error {err:.1e}; "
+                "data-dependent control flow in the model?)"
+            )
+            warnings.warn(f"HVP cache {self.cache_info}; products are recomputed in full.",
+                          RuntimeWarning, stacklevel=4)
             return
         self._folded = folded
         self._forward_ok = True
@@ -429,16 +476,16 @@ class HessianOperator(SymmetricOperator):
                 )
                 g = {n: torch.zeros_like(leaves[n]) if t is None else t for n, t in zip(names, grads)}
                 total.add_(self.space.to_vector(g), alpha=w)
-        return total
+        return all_reduce_sum(total, self.distributed)
 
     @torch.no_grad()
     def loss(self) -> float:
         """The full-data mean loss at the current point (eval mode)."""
-        total = 0.0
+        total = torch.zeros(1, dtype=torch.float64, device=self._device)
         with train_mode(self.model, False):
             for (x, y), w in zip(self._chunks, self._weights):
-                total += w * float(self._loss(self._variables, x, y))
-        return total
+                total += w * self._loss(self._variables, x, y).double()
+        return float(all_reduce_sum(total, self.distributed))
 
 
 def gradient(
@@ -451,15 +498,16 @@ def gradient(
     dtype: torch.dtype | None = None,
     chunk_size: int | None = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
+    distributed: bool | None = None,
 ) -> torch.Tensor:
     """Gradient of the mean loss over all of ``data`` in the active subspace (eval mode, chunked).
 
-    Arguments as for :class:`HessianOperator`; the result has length ``ParamSpace(model, masks,
-    include).size``.
+    Arguments as for :class:`HessianOperator` (``distributed``: ``data`` is this rank's shard and
+    the gradient is all-reduced); the result has length ``ParamSpace(model, masks, include).size``.
     """
     op = HessianOperator(
         model, loss_fn, data, masks, include=include, dtype=dtype, chunk_size=chunk_size,
-        device=device,
+        device=device, cache=False, distributed=distributed,
     )
     return op.gradient()
 
