@@ -89,14 +89,19 @@ def gradient_flow(grads: dict[str, torch.Tensor], masks: Masks | None,
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
              ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``(x, y)``."""
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``(x, y)``.
+
+    ``(x, y)`` may live elsewhere (host memory): each batch is moved to the model's device in turn.
+    """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total_loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+        xb, yb = x[i:i + batch_size].to(device, non_blocking=True), y[i:i + batch_size].to(device, non_blocking=True)
+        logits = model(xb)
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
     model.train(was_training)
     n = max(len(x), 1)
     return total_loss / n, correct / n
