@@ -227,7 +227,7 @@ def test_cache_switches_off_with_a_message_on_data_dependent_branch():
     op = HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64, chunk_size=20)
     v = torch.randn(op.size, generator=gen, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="HVP cache off"):
-        for _ in range(4):  # the cache is built at the third product at a point
+        for _ in range(4):  # the cache is built at the second product at a point
             hv = op.matvec(v)
     assert op.cache_info.startswith("off: tracing failed")
     assert torch.allclose(hv, H @ v, rtol=1e-10, atol=1e-12)  # the products stay exact
