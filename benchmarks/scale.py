@@ -10,8 +10,8 @@ For each model it prints the parameter count and the wall time and peak memory o
 then the exponent ``b`` of ``cost ~ parameters^b`` fitted over the models (log-log least squares),
 and the step time of 2-process DDP (gloo on CPU, NCCL on GPUs) against 1 process at the same
 global batch. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU it is the
-growth of the process's resident set during the phase, sampled every 2 ms (so an upper-level
-estimate that includes allocator caching). Synthetic inputs: only timings mean something here.
+growth of the process's resident set during the phase, sampled every 2 ms (memory freed by an
+earlier phase is reused, so small values are lower bounds). Synthetic inputs: only timings mean something here.
 """
 from __future__ import annotations
 
