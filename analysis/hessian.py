@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--examples", type=int, default=1000,
                         help="training examples the loss is averaged over (a fixed subset: the metrics batch)")
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="precision of the products")
-    parser.add_argument("--tol", type=float, default=1e-4, help="relative residual tolerance of Lanczos")
+    parser.add_argument("--tol", type=float, default=1e-4, help="Lanczos residual tolerance, relative to max(|lambda|, ||T||)")
     parser.add_argument("--max-iter", type=int, default=None,
                         help="most Hessian-vector products per checkpoint (default: min(n, max(300, 10k)))")
     parser.add_argument("--neg-tol", type=float, default=1e-4,
