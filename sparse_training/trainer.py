@@ -315,8 +315,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     is_main = info is None or info.is_main
     run_id = check_run_id(run_id or cfg.default_run_id())
     out = Path(out)
-    if is_main:
-        check_output_dir(out)
+    check_output_dir(out)  # on every rank: an error must stop them all, not leave some waiting
     run = RunDir(out / run_id)
     existed = run.exists()
     ddp.barrier(info)  # every rank has looked before rank 0 creates anything
