@@ -11,8 +11,12 @@ checkpoint's *active* coordinates only (weights where its mask is True, plus all
 eval mode) with ``landscape.hessian.HessianOperator``, and ``landscape.lanczos.lanczos`` (full
 reorthogonalization, seed 0) finds the ``--k`` largest and ``--k`` smallest eigenvalues together.
 An eigenvalue counts as converged when its residual ``||H v - lambda v||`` is below
-``--tol * |lambda|``; eigenvalues near zero may never meet a relative tolerance, which the
-``converged`` column says.
+``--tol * max(|lambda|, ||T||)`` (``||T||`` the largest Ritz value in magnitude), so eigenvalues
+near zero converge too; the ``converged`` column says which did.
+
+Under ``torchrun --nproc-per-node N -m analysis.hessian runs/`` the examples are split over the N
+processes (one GPU each with NCCL, else gloo on CPUs); every Hessian-vector product is all-reduced,
+so the eigenvalues are those of the whole subset, and rank 0 writes the outputs.
 
 Checkpoints: by default, runs with pre/post mask-update checkpoints (RigL, RigL+, SET) give the pair
 around every update; other runs give start and end. ``--which`` replaces that for every run with a
@@ -59,6 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -67,6 +72,7 @@ from analysis.runs import Run, add_common_args, output_dir, resolve_device, runs
 from landscape.exact import dense_matrix
 from landscape.hessian import HessianOperator, layer_operators
 from landscape.lanczos import lanczos, spectral_density
+from sparse_training import distributed as ddp
 from sparse_training.data import Dataset
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv
@@ -382,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--examples", type=int, default=1000,
                         help="training examples the loss is averaged over (a fixed subset: the metrics batch)")
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="precision of the products")
-    parser.add_argument("--tol", type=float, default=1e-4, help="relative residual tolerance of Lanczos")
+    parser.add_argument("--tol", type=float, default=1e-4, help="Lanczos residual tolerance, relative to max(|lambda|, ||T||)")
     parser.add_argument("--max-iter", type=int, default=None,
                         help="most Hessian-vector products per checkpoint (default: min(n, max(300, 10k)))")
     parser.add_argument("--neg-tol", type=float, default=1e-4,
@@ -432,17 +438,21 @@ def compute(args: argparse.Namespace) -> Results:
     targets = [t for r in runs for t in targets_of(r, which)]
     if not targets:
         raise UserError("none of the selected runs has the checkpoints asked for; check --which.")
-    device = resolve_device(args.device)
+    info = ddp.init_from_env(args.device)  # under torchrun: shard the examples, all-reduce products
+    device = ddp.device_for(info, resolve_device(args.device))
     data_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rows, densities, neg_mass = [], [], {}
     layer_frames: list[pd.DataFrame] = []
     matvecs = 0
     t0 = time.perf_counter()
-    for target in tqdm(targets, desc="hessian", unit="ckpt", disable=args.quiet, file=sys.stderr):
+    quiet = args.quiet or (info is not None and not info.is_main)
+    for target in tqdm(targets, desc="hessian", unit="ckpt", disable=quiet, file=sys.stderr):
         run = target.run
         name = run.config.get("dataset", "?")
         if name not in data_cache:
-            data_cache[name] = hessian_data(run.dataset(args.data_dir), args.examples)
+            x, y = hessian_data(run.dataset(args.data_dir), args.examples)
+            part = ddp.shard(torch.arange(len(x)), info)  # this rank's share (all of it alone)
+            data_cache[name] = (x[part], y[part])
         model = run.model(target.which, target.phase, device=device)
         masks = model.masks.as_dict()  # type: ignore[attr-defined]
         if args.per_layer:
@@ -495,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the Hessian CLI; returns 0 (bad input exits with code 2)."""
     args = build_parser().parse_args(argv)
     res = compute(args)
+    if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 writes
+        return 0
     out = output_dir(args)
     if res.layers is not None:
         return write_layers(res, out)

@@ -2,8 +2,19 @@
 
 Works on any ``nn.Module``, loss function and data; masks are plain ``{param_name: bool tensor}``
 dicts. Nothing here imports ``sparse_training``, ``analysis`` or ``figures``.
+
+Three modules share their name with their main function: ``lanczos``, ``evaluate`` and
+``interpolate``. ``landscape.lanczos`` (and the other two) is the **module**, so
+``import landscape.lanczos as lz`` and ``from landscape.lanczos import lanczos`` behave as Python
+users expect. The functions are exported here under distinct names, ``lanczos_eigs``,
+``evaluate_model`` and ``interpolate_path``; for old code, the three modules are callable and
+forward to their function, so ``from landscape import lanczos; lanczos(op, k=5)`` keeps working.
 """
-from .evaluate import EvalResult, evaluate, iterate_batches, predict_labels, predict_logits
+import sys
+import types
+
+from .evaluate import EvalResult, iterate_batches, predict_labels, predict_logits
+from .evaluate import evaluate as evaluate_model
 from .curves import (
     BezierCurve,
     barrier_above_chord,
@@ -26,7 +37,6 @@ from .interpolate import (
     PlaneResult,
     default_alphas,
     filter_normalize,
-    interpolate,
     plane,
     plane_coordinates,
     project_to_plane,
@@ -35,15 +45,28 @@ from .interpolate import (
     slice_1d,
     slice_2d,
 )
+from .interpolate import interpolate as interpolate_path
 from .lanczos import (
     EigenResult,
     SpectralDensity,
     TraceEstimate,
     hutchinson_trace,
-    lanczos,
     spectral_density,
 )
+from .lanczos import lanczos as lanczos_eigs
 from .params import ParamSpace, flatten_params, unflatten_params, weights_only
+
+
+class _CallableModule(types.ModuleType):
+    """A module that, called, forwards to its function of the same name (backward compatibility)."""
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self.__name__.rsplit(".", 1)[-1])(*args, **kwargs)
+
+
+for _name in ("evaluate", "interpolate", "lanczos"):
+    sys.modules[f"{__name__}.{_name}"].__class__ = _CallableModule
+from . import evaluate, interpolate, lanczos  # noqa: E402  (the modules, not the functions)
 
 __all__ = [
     "BezierCurve",
@@ -68,14 +91,17 @@ __all__ = [
     "default_alphas",
     "dense_matrix",
     "evaluate",
+    "evaluate_model",
     "exact_hessian",
     "filter_normalize",
     "flatten_params",
     "gradient",
     "hutchinson_trace",
     "interpolate",
+    "interpolate_path",
     "iterate_batches",
     "lanczos",
+    "lanczos_eigs",
     "plane",
     "plane_coordinates",
     "predict_labels",

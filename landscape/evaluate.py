@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import all_reduce_sum, use_distributed
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 # A pair of tensors (x, y) split into batches here, or an iterable of (x, y) batches (a DataLoader).
@@ -131,32 +133,37 @@ def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn) -> EvalResult:
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, *, distributed: bool | None = False
+) -> EvalResult:
     """Mean loss and accuracy of ``model`` (used as is: mode and device untouched) over ready batches.
 
     ``loss_fn`` must be a mean over the batch; batch losses are weighted by batch size. Sums stay
-    on the device until the end, so CUDA is not synchronized per batch.
+    on the device until the end, so CUDA is not synchronized per batch. With ``distributed`` the
+    batches are this rank's shard and the sums are all-reduced over the process group.
     """
-    total = None
-    correct = None
-    n = 0
-    has_classes = True
+    # [loss sum, correct, examples, batches without class labels], on the model's device
+    sums = None
     for x, y in batches:
         logits = model(x)
+        if sums is None:
+            sums = torch.zeros(4, dtype=torch.float64, device=logits.device)
         bs = x.shape[0]
-        part = loss_fn(logits, y).detach().double() * bs
-        total = part if total is None else total + part
+        sums[0] += loss_fn(logits, y).detach().double() * bs
         c = count_correct(logits, y)
         if c is None:
-            has_classes = False
-        elif has_classes:
-            correct = c if correct is None else correct + c
-        n += bs
+            sums[3] += 1
+        else:
+            sums[1] += c
+        sums[2] += bs
+    enabled = use_distributed(distributed)
+    if sums is None:
+        sums = torch.zeros(4, dtype=torch.float64, device=model_device(model))
+    total, correct, n, unlabeled = all_reduce_sum(sums, enabled).tolist()
     if n == 0:
         raise ValueError("the data yielded no examples to evaluate.")
-    loss = float(total) / n
-    accuracy = float(correct) / n if has_classes and correct is not None else float("nan")
-    return EvalResult(loss=loss, accuracy=accuracy, n=n)
+    accuracy = correct / n if unlabeled == 0 else float("nan")
+    return EvalResult(loss=total / n, accuracy=accuracy, n=int(n))
 
 
 def evaluate(
@@ -166,8 +173,11 @@ def evaluate(
     *,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Mean loss and accuracy of ``model`` in eval mode over ``data``, without gradients.
+
+    Batches are moved to the device one at a time (the dataset is never copied whole).
 
     Args:
         model: any module mapping ``x`` to logits; its mode is restored afterwards.
@@ -175,10 +185,14 @@ def evaluate(
         loss_fn: ``loss_fn(logits, y)`` averaged over the batch (default cross-entropy).
         batch_size: rows per batch when ``data`` is a tensor pair.
         device: where the data goes; the model's device by default (the model is not moved).
+        distributed: ``data`` is this rank's shard of a ``torch.distributed`` process group and
+            the result is over all ranks' data (default: when a group of more than one rank is up).
     """
     device = model_device(model) if device is None else torch.device(device)
     with train_mode(model, False):
-        return evaluate_batches(model, iterate_batches(data, batch_size, device), loss_fn)
+        return evaluate_batches(
+            model, iterate_batches(data, batch_size, device), loss_fn, distributed=distributed
+        )
 
 
 @torch.no_grad()

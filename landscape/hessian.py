@@ -16,6 +16,7 @@ from torch.func import functional_call
 from torch.fx.experimental import const_fold
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .distributed import all_reduce_sum, use_distributed
 from .evaluate import (
     DEFAULT_BATCH_SIZE,
     Data,
@@ -29,7 +30,29 @@ from .params import Include, Masks, ParamSpace
 
 Method = Literal["forward-over-reverse", "double-backward"]
 METHODS: tuple[str, ...] = ("forward-over-reverse", "double-backward")
-_CACHE_AFTER = 3  # build the linearization cache at this product at a point
+_CACHE_AFTER = 2  # build the linearization cache at this product at a point
+
+
+class _Folded:
+    """One chunk's cached product: the shared split graph, the chunk's data and its intermediates."""
+
+    def __init__(self, template, x: torch.Tensor, y: torch.Tensor, consts) -> None:
+        self.template, self.x, self.y, self.consts = template, x, y, consts
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the chunk's cached intermediates."""
+        if self.consts is None:
+            return 0
+        return sum(p.numel() * p.element_size() for p in self.consts.parameters())
+
+    def __call__(self, *tangents: torch.Tensor) -> list[torch.Tensor]:
+        t = self.template  # chunks of one shape share it: bind this chunk's data and constants
+        t._chunk_x, t._chunk_y = self.x, self.y
+        if self.consts is not None:
+            setattr(t, t.fx_const_folded_attrs_name, self.consts)
+        t.has_folding_been_run = True
+        return t(*tangents)
 
 
 class SymmetricOperator(ABC):
@@ -161,14 +184,24 @@ class HessianOperator(SymmetricOperator):
             ``"double-backward"``; if the forward-over-reverse path fails on its first use (a module
             without forward-mode AD), the operator warns and uses double backward from then on.
         cache: with forward-over-reverse, linearize once (the idea of ``torch.func.linearize``):
-            at the third product at a point (so one-off products never pay for tracing, about the
-            cost of a few products), trace the chunk's jvp-of-grad graph and constant-fold everything
+            at the second product at a point (so one-off products never pay for tracing, about the
+            cost of a product or two), trace the chunk's jvp-of-grad graph and constant-fold everything
             that does not depend on the tangent, so every later product evaluates only tangent
             operations (about half the work for conv nets). The primal intermediates of the whole
             dataset are kept, roughly three times the activations; when the first chunk shows that
             they would exceed ``cache_bytes`` (or half the free CUDA memory), or tracing fails,
             products are recomputed in full instead. ``cache_info`` tells what happened.
+            When it is built, the cache checks itself: the product it is built at (a Lanczos or
+            probe vector, effectively random) is computed directly and with the cache, and the two
+            must agree to ``10 sqrt(eps)`` relative; if not (e.g. a branch that tracing baked in
+            from the first chunk of a shape), it switches itself off with a ``RuntimeWarning`` and
+            ``cache_info`` says why. Any other reason to stay off (tracing fails on data-dependent
+            control flow, the memory budget) also warns.
         cache_bytes: memory budget of that cache.
+        distributed: sum over the ranks of the initialized ``torch.distributed`` process group
+            (each rank gives its shard of the data; products, gradient and loss are all-reduced
+            and weighted by the global example count). ``None`` (default): when a group of more
+            than one rank is initialized. Every rank must make the same calls.
     """
 
     def __init__(
@@ -185,8 +218,10 @@ class HessianOperator(SymmetricOperator):
         method: Method = "forward-over-reverse",
         cache: bool = True,
         cache_bytes: int = 2 * 2**30,
+        distributed: bool | None = None,
     ) -> None:
         super().__init__()
+        self.distributed = use_distributed(distributed)
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
         self.model = model
@@ -206,7 +241,9 @@ class HessianOperator(SymmetricOperator):
         self._constants: dict[str, torch.Tensor] = {}
         self.set_point(model)
         self._chunks = materialize_batches(data, chunk_size, self._device, self._dtype)
-        self.n = sum(int(x.shape[0]) for x, _ in self._chunks)
+        self.n_local = sum(int(x.shape[0]) for x, _ in self._chunks)
+        count = torch.tensor([self.n_local], dtype=torch.float64, device=self._device)
+        self.n = int(all_reduce_sum(count, self.distributed).item())  # over all ranks
         if self.n == 0:
             raise ValueError("the data for the Hessian has no examples.")
         self._weights = [int(x.shape[0]) / self.n for x, _ in self._chunks]
@@ -326,23 +363,41 @@ class HessianOperator(SymmetricOperator):
         total = torch.zeros_like(v)
         with train_mode(self.model, False), torch.no_grad():
             self._products_here += 1
-            if (
-                self.cache_info == "not built yet"
-                and self.method == "forward-over-reverse"
-                and self._products_here >= _CACHE_AFTER
-            ):
-                self._build_cache()
             if self._folded is not None:
-                names = list(self._variables)
-                flat = [tangent[n] for n in names]
-                for graph, w in zip(self._folded, self._weights):
-                    hv = dict(zip(names, graph(*flat)))
-                    total.add_(self.space.to_vector(hv), alpha=w)
-                return total
-            for (x, y), w in zip(self._chunks, self._weights):
-                hv = self._hvp_chunk(tangent, x, y)
-                total.add_(self.space.to_vector(hv), alpha=w)
+                self._cached_product(self._folded, tangent, total)
+            else:
+                self._direct_product(tangent, total)
+                if (
+                    self.cache_info == "not built yet"
+                    and self.method == "forward-over-reverse"
+                    and self._products_here >= _CACHE_AFTER
+                ):
+                    self._build_cache(tangent, total)
+        return all_reduce_sum(total, self.distributed)
+
+    def _cached_product(self, folded: list, tangent: dict[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        """Add this rank's ``H v`` from the linearization cache into ``total``."""
+        names = list(self._variables)
+        flat = [tangent[n] for n in names]
+        for graph, w in zip(folded, self._weights):
+            total.add_(self.space.to_vector(dict(zip(names, graph(*flat)))), alpha=w)
         return total
+
+    def _direct_product(self, tangent: dict[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        """Add this rank's uncached ``H v`` into ``total``."""
+        for (x, y), w in zip(self._chunks, self._weights):
+            hv = self._hvp_chunk(tangent, x, y)
+            total.add_(self.space.to_vector(hv), alpha=w)
+        return total
+
+    def _cache_agrees(self, folded: list, tangent: dict[str, torch.Tensor], direct: torch.Tensor
+                      ) -> tuple[bool, float]:
+        """The cached local product of ``tangent`` against its ``direct`` one: (agree, relative error)."""
+        cached = self._cached_product(folded, tangent, torch.zeros_like(direct))
+        scale = float(torch.linalg.vector_norm(direct))
+        err = float(torch.linalg.vector_norm(cached - direct)) / max(scale, 1e-300)
+        tol = 10 * torch.finfo(self._dtype).eps ** 0.5
+        return (err <= tol or scale == 0.0 and float(torch.linalg.vector_norm(cached)) == 0.0), err
 
     # ------------------------------------------------------------------ linearization cache
     def _trace_chunk_hvp(self, x: torch.Tensor, y: torch.Tensor) -> torch.fx.GraphModule:
@@ -367,9 +422,12 @@ class HessianOperator(SymmetricOperator):
             return make_fx(hvp_of)(tangents, x, y)
 
     @staticmethod
-    def _fold_for_chunk(graph: torch.fx.GraphModule, x: torch.Tensor, y: torch.Tensor):
-        """Bind a chunk's data into the traced graph and precompute all tangent-free nodes."""
-        with warnings.catch_warnings():  # deep-copying pytree specs and folding warn harmlessly
+    def _split(graph: torch.fx.GraphModule, x: torch.Tensor, y: torch.Tensor):
+        """The traced graph with the data as attributes, split into a tangent-free part and the rest.
+
+        Done once per chunk shape; :meth:`_fold` then evaluates the tangent-free part per chunk.
+        """
+        with warnings.catch_warnings():  # deep-copying pytree specs and splitting warn harmlessly
             warnings.simplefilter("ignore")
             g = copy.deepcopy(graph.graph)
             gm = torch.fx.GraphModule(graph, g)
@@ -381,9 +439,20 @@ class HessianOperator(SymmetricOperator):
                     node.replace_all_uses_with(g.get_attr(attr))
                 g.erase_node(node)
             gm.recompile()
-            folded = const_fold.split_const_subgraphs(gm)
-            folded.run_folding()
-        return folded
+            return const_fold.split_const_subgraphs(gm)
+
+    @staticmethod
+    def _fold(template, x: torch.Tensor, y: torch.Tensor) -> _Folded:
+        """A chunk's tangent-free intermediates (kept, not copied as torch's ``run_folding`` does)."""
+        consts = None
+        if template.const_subgraph_module is not None and template.fx_const_folded_attrs_name:
+            sub = template.const_subgraph_module
+            sub._chunk_x, sub._chunk_y = x, y
+            out = sub()
+            as_param = lambda t: nn.Parameter(  # noqa: E731 - wraps without copying
+                t if isinstance(t, torch.Tensor) else torch.tensor([t], device=x.device), requires_grad=False)
+            consts = nn.ParameterList([as_param(t) for t in out]) if isinstance(out, tuple) else as_param(out)
+        return _Folded(template, x, y, consts)
 
     def _cache_budget(self) -> int:
         budget = self.cache_bytes
@@ -392,26 +461,40 @@ class HessianOperator(SymmetricOperator):
             budget = min(budget, free // 2)
         return budget
 
-    def _build_cache(self) -> None:
-        traced: dict[tuple, torch.fx.GraphModule] = {}
+    def _build_cache(self, tangent: dict[str, torch.Tensor], direct: torch.Tensor) -> None:
+        """Trace and fold every chunk's product; keep it if it reproduces ``direct`` (of ``tangent``)."""
+        templates: dict[tuple, object] = {}
         folded = []
         used = 0
         try:
             for x, y in self._chunks:
                 key = (tuple(x.shape), tuple(y.shape))
-                if key not in traced:
-                    traced[key] = self._trace_chunk_hvp(x, y)
-                graph = self._fold_for_chunk(traced[key], x, y)
-                used += sum(p.numel() * p.element_size() for p in graph.parameters())
-                projected = used * self.n / sum(int(c.shape[0]) for c, _ in self._chunks[: len(folded) + 1])
+                if key not in templates:
+                    templates[key] = self._split(self._trace_chunk_hvp(x, y), x, y)
+                graph = self._fold(templates[key], x, y)
+                used += graph.nbytes
+                projected = used * self.n_local / sum(int(c.shape[0]) for c, _ in self._chunks[: len(folded) + 1])
                 if projected > self._cache_budget():
                     self.cache_info = (
                         f"off: would need about {projected / 2**20:.0f} MiB, over the budget"
                     )
+                    warnings.warn(f"HVP cache {self.cache_info}; products are recomputed in full.",
+                                  RuntimeWarning, stacklevel=4)
                     return
                 folded.append(graph)
         except Exception as exc:  # tracing can fail on data-dependent code: recompute instead
             self.cache_info = f"off: tracing failed ({type(exc).__name__})"
+            warnings.warn(f"HVP cache {self.cache_info}; products are recomputed in full.",
+                          RuntimeWarning, stacklevel=4)
+            return
+        agree, err = self._cache_agrees(folded, tangent, direct)
+        if not agree:
+            self.cache_info = (
+                f"off: cached products disagreed with direct ones (relative error {err:.1e}; "
+                "data-dependent control flow in the model?)"
+            )
+            warnings.warn(f"HVP cache {self.cache_info}; products are recomputed in full.",
+                          RuntimeWarning, stacklevel=4)
             return
         self._folded = folded
         self._forward_ok = True
@@ -429,16 +512,16 @@ class HessianOperator(SymmetricOperator):
                 )
                 g = {n: torch.zeros_like(leaves[n]) if t is None else t for n, t in zip(names, grads)}
                 total.add_(self.space.to_vector(g), alpha=w)
-        return total
+        return all_reduce_sum(total, self.distributed)
 
     @torch.no_grad()
     def loss(self) -> float:
         """The full-data mean loss at the current point (eval mode)."""
-        total = 0.0
+        total = torch.zeros(1, dtype=torch.float64, device=self._device)
         with train_mode(self.model, False):
             for (x, y), w in zip(self._chunks, self._weights):
-                total += w * float(self._loss(self._variables, x, y))
-        return total
+                total += w * self._loss(self._variables, x, y).double()
+        return float(all_reduce_sum(total, self.distributed))
 
 
 def gradient(
@@ -451,15 +534,16 @@ def gradient(
     dtype: torch.dtype | None = None,
     chunk_size: int | None = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
+    distributed: bool | None = None,
 ) -> torch.Tensor:
     """Gradient of the mean loss over all of ``data`` in the active subspace (eval mode, chunked).
 
-    Arguments as for :class:`HessianOperator`; the result has length ``ParamSpace(model, masks,
-    include).size``.
+    Arguments as for :class:`HessianOperator` (``distributed``: ``data`` is this rank's shard and
+    the gradient is all-reduced); the result has length ``ParamSpace(model, masks, include).size``.
     """
     op = HessianOperator(
         model, loss_fn, data, masks, include=include, dtype=dtype, chunk_size=chunk_size,
-        device=device,
+        device=device, cache=False, distributed=distributed,
     )
     return op.gradient()
 

@@ -36,12 +36,67 @@ def _rademacher(n: int, gen: torch.Generator, like: SymmetricOperator) -> torch.
     return (bits * 2 - 1).to(device=like.device, dtype=like.dtype)
 
 
+class _Basis:
+    """The Lanczos vectors, stored in blocks of ``block`` rows allocated as the run needs them.
+
+    Memory never exceeds ``(rows + block) * n`` elements of ``dtype`` (not ``max_iter * n`` up
+    front), and the vectors may live in a cheaper dtype or on another device (e.g. float32 on the
+    CPU while the model is on the GPU); projections move only the short coefficient vectors and
+    one length-``n`` vector between devices.
+    """
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device, block: int) -> None:
+        self.n, self.dtype, self.device, self.block = n, dtype, torch.device(device), max(1, int(block))
+        self.blocks: list[torch.Tensor] = []
+        self.rows = 0
+        self.peak_bytes = 0
+
+    def append(self, v: torch.Tensor) -> None:
+        """Store a unit vector as the next row."""
+        if self.rows == len(self.blocks) * self.block:
+            self.blocks.append(torch.empty(self.block, self.n, dtype=self.dtype, device=self.device))
+            self.peak_bytes = max(self.peak_bytes, self.nbytes)
+        full, pos = divmod(self.rows, self.block)
+        self.blocks[full][pos].copy_(v)
+        self.rows += 1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the allocated blocks."""
+        return sum(b.numel() * b.element_size() for b in self.blocks)
+
+    def _views(self):
+        for i, b in enumerate(self.blocks):
+            rows = min(self.block, self.rows - i * self.block)
+            if rows > 0:
+                yield b[:rows]
+
+    def orthogonalize(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` minus its projection on the span of the rows (one classical Gram-Schmidt pass)."""
+        wb = w.to(device=self.device, dtype=self.dtype)
+        correction = None
+        for view in self._views():
+            part = view.T @ (view @ wb)
+            correction = part if correction is None else correction.add_(part)
+        if correction is None:
+            return w
+        return w - correction.to(device=w.device, dtype=w.dtype)
+
+    def combine(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """``coeffs.T @ rows`` for ``coeffs`` of shape ``(rows, k)``: Ritz vectors, block by block."""
+        coeffs = coeffs.to(device=self.device, dtype=self.dtype)
+        out = torch.zeros(coeffs.shape[1], self.n, dtype=self.dtype, device=self.device)
+        for i, view in enumerate(self._views()):
+            out.addmm_(coeffs[i * self.block : i * self.block + view.shape[0]].T, view)
+        return out
+
+
 @dataclass(frozen=True)
 class _Tridiagonal:
     alphas: np.ndarray  # (m,) diagonal of T
     betas: np.ndarray  # (m-1,) off-diagonal; zeros where the recurrence restarted
     last_beta: float  # norm of the residual after the last step
-    basis: torch.Tensor  # (m, n) orthonormal Lanczos vectors
+    basis: _Basis  # the m orthonormal Lanczos vectors
     matvecs: int
 
 
@@ -53,18 +108,28 @@ def _lanczos_run(
     gen: torch.Generator,
     restart: bool,
     stop: Callable[[np.ndarray, np.ndarray, float], bool] | None = None,
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
+    block: int = 32,
 ) -> _Tridiagonal:
     """Lanczos with full (twice classical Gram-Schmidt) reorthogonalization.
 
     On breakdown (an invariant subspace was found) the recurrence restarts from a fresh random
     vector orthogonal to the basis when ``restart`` (T becomes block diagonal), else stops.
-    ``stop(alphas, betas, last_beta)`` is asked after every step.
+    ``stop(alphas, betas, last_beta)`` is asked after every step. The basis grows by blocks
+    (see :class:`_Basis`); the current vector stays in the operator's precision.
     """
     n = operator.size
     max_steps = min(max_steps, n)
     eps = torch.finfo(operator.dtype).eps
-    basis = torch.empty(max_steps, n, dtype=operator.dtype, device=operator.device)
-    basis[0] = v0 / torch.linalg.vector_norm(v0)
+    basis = _Basis(
+        n,
+        operator.dtype if basis_dtype is None else basis_dtype,
+        operator.device if basis_device is None else torch.device(basis_device),
+        min(block, max_steps),
+    )
+    v = v0 / torch.linalg.vector_norm(v0)
+    prev: torch.Tensor | None = None  # the previous vector, for the three-term recurrence
     alphas: list[float] = []
     betas: list[float] = []
     anorm = 0.0
@@ -72,41 +137,43 @@ def _lanczos_run(
     matvecs = 0
     m = 0
     while m < max_steps:
-        w = operator.matvec(basis[m])
+        basis.append(v)
+        w = operator.matvec(v)
         matvecs += 1
-        done = basis[: m + 1]
-        coef = done @ w
-        w = w - done.T @ coef
-        w = w - done.T @ (done @ w)  # second pass: orthogonal to rounding
-        alpha = float(coef[m])
+        alpha = float(torch.dot(v, w))
+        # three-term recurrence first (in full precision), then two passes against the whole basis
+        w = w - alpha * v
+        if prev is not None and betas:
+            w = w - betas[-1] * prev
+        w = basis.orthogonalize(basis.orthogonalize(w))
         alphas.append(alpha)
         beta = float(torch.linalg.vector_norm(w))
-        anorm = max(anorm, abs(alpha), beta, float(coef[m - 1]) if m > 0 else 0.0)
+        anorm = max(anorm, abs(alpha), beta, betas[-1] if betas else 0.0)
         m += 1
         breakdown = beta <= 100 * eps * max(anorm, 1e-300)
         last_beta = 0.0 if breakdown else beta
         a, b = np.asarray(alphas), np.asarray(betas)
         if m == max_steps or (stop is not None and stop(a, b, last_beta)):
             break
+        prev = v
         if breakdown:
             if not restart:
                 break
             w = _gaussian(n, gen, operator)
-            for _ in range(2):
-                w = w - basis[:m].T @ (basis[:m] @ w)
+            w = basis.orthogonalize(basis.orthogonalize(w))
             nrm = float(torch.linalg.vector_norm(w))
             if nrm <= 1e-8:  # the basis already spans the space
                 break
-            basis[m] = w / nrm
+            v = w / nrm
             betas.append(0.0)
         else:
-            basis[m] = w / beta
+            v = w / beta
             betas.append(beta)
     return _Tridiagonal(
         alphas=np.asarray(alphas),
         betas=np.asarray(betas[: len(alphas) - 1]),
         last_beta=last_beta,
-        basis=basis[:m],
+        basis=basis,
         matvecs=matvecs,
     )
 
@@ -115,6 +182,12 @@ def _ritz(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if alphas.size == 1:
         return alphas.copy(), np.ones((1, 1))
     return eigh_tridiagonal(alphas, betas)
+
+
+def _converged(theta: np.ndarray, s: np.ndarray, sel: np.ndarray, last_beta: float, tol: float) -> np.ndarray:
+    """Whether each selected Ritz pair has residual ``< tol * max(|theta|, ||T||)``."""
+    res = np.abs(last_beta * s[-1, sel])
+    return res < tol * np.maximum(np.abs(theta[sel]), np.abs(theta).max())
 
 
 def _wanted(theta: np.ndarray, k: int, which: Which) -> np.ndarray:
@@ -136,7 +209,9 @@ class EigenResult:
     ``eigenvalues`` are descending for ``which="LA"``, ascending for ``"SA"``, and for ``"both"``
     descending with the k largest first and the k smallest last. ``residuals`` are the norms
     ``||H v - lambda v||`` (from the Lanczos relation), ``converged`` says whether each is below
-    ``tol * |lambda|``.
+    ``tol * max(|lambda|, ||T||)`` (``||T||`` the largest Ritz value in magnitude, an estimate of
+    ``||H||``), so an eigenvalue at or near zero can converge. ``basis_bytes`` is the most memory
+    the Lanczos basis held.
     """
 
     eigenvalues: torch.Tensor  # (k,) float64, CPU
@@ -147,6 +222,7 @@ class EigenResult:
     converged: torch.Tensor  # (k,) bool, CPU
     which: str = "LA"
     tol: float = 1e-4
+    basis_bytes: int = 0
 
     @property
     def relative_residuals(self) -> torch.Tensor:
@@ -181,13 +257,17 @@ def lanczos(
     seed: int | None = 0,
     generator: torch.Generator | None = None,
     return_eigenvectors: bool = True,
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
 ) -> EigenResult:
     """The k largest (``"LA"``), k smallest (``"SA"``) or both k (``"both"``) algebraic eigenvalues.
 
     Lanczos with full reorthogonalization from a seeded Gaussian start; after every step the Ritz
     values of the tridiagonal matrix are checked and the run stops once every wanted pair has
-    ``||H v - lambda v|| / |lambda| < tol`` (the residual norm from the Lanczos relation, exact up to
-    rounding with full reorthogonalization). Memory: ``max_iter`` vectors of length ``n``.
+    ``||H v - lambda v|| < tol * max(|lambda|, ||T||)`` (the residual norm from the Lanczos relation,
+    exact up to rounding with full reorthogonalization; the ``||T||`` floor lets eigenvalues near
+    zero converge). Memory: the basis grows with the iterations actually run, in blocks of 32
+    vectors of length ``n`` (``EigenResult.basis_bytes``), never ``max_iter`` vectors up front.
 
     Args:
         operator: a :class:`SymmetricOperator` (e.g. :class:`HessianOperator`).
@@ -198,6 +278,9 @@ def lanczos(
         seed, generator: the start vector's randomness (a CPU generator seeded with ``seed``
             unless ``generator`` is given).
         return_eigenvectors: also form the Ritz vectors (``k x n``).
+        basis_dtype, basis_device: where the Lanczos vectors are kept (default: the operator's);
+            e.g. ``torch.float32`` halves a float64 basis, ``"cpu"`` keeps it off the GPU. The
+            Ritz vectors are returned on the operator's device and dtype either way.
 
     A single start vector sees each repeated eigenvalue once (in exact arithmetic); multiplicities
     show only after a breakdown restart.
@@ -219,19 +302,21 @@ def lanczos(
             return False
         theta, s = _ritz(alphas, betas)
         sel = _wanted(theta, k, which)
-        res = np.abs(last_beta * s[-1, sel])
-        return bool(np.all(res < tol * np.abs(theta[sel])))
+        return bool(np.all(_converged(theta, s, sel, last_beta, tol)))
 
-    td = _lanczos_run(operator, _gaussian(n, gen, operator), max_iter, gen=gen, restart=True, stop=stop)
+    td = _lanczos_run(
+        operator, _gaussian(n, gen, operator), max_iter, gen=gen, restart=True, stop=stop,
+        basis_dtype=basis_dtype, basis_device=basis_device,
+    )
     theta, s = _ritz(td.alphas, td.betas)
     sel = _wanted(theta, k, which)
     values = theta[sel]
     residuals = np.abs(td.last_beta * s[-1, sel])
-    converged = residuals < tol * np.abs(values)
+    converged = _converged(theta, s, sel, td.last_beta, tol)
     vectors = None
     if return_eigenvectors:
-        coeffs = torch.as_tensor(s[:, sel], dtype=operator.dtype, device=operator.device)
-        vectors = coeffs.T @ td.basis
+        vectors = td.basis.combine(torch.as_tensor(s[:, sel]))
+        vectors = vectors.to(device=operator.device, dtype=operator.dtype)
     return EigenResult(
         eigenvalues=torch.as_tensor(values, dtype=torch.float64),
         eigenvectors=vectors,
@@ -241,6 +326,7 @@ def lanczos(
         converged=torch.as_tensor(converged),
         which=which,
         tol=tol,
+        basis_bytes=td.basis.peak_bytes,
     )
 
 
@@ -279,6 +365,8 @@ def spectral_density(
     grid_size: int = 2001,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    basis_dtype: torch.dtype | None = None,
+    basis_device: torch.device | str | None = None,
 ) -> SpectralDensity:
     """Spectral density by stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017; Ghorbani et al. 2019).
 
@@ -292,6 +380,7 @@ def spectral_density(
         grid: where to evaluate the density (default ``grid_size`` points over the nodes' span
             padded by 6 sigma on each side).
         seed, generator: the probes' randomness.
+        basis_dtype, basis_device: where each probe's Lanczos vectors are kept (see :func:`lanczos`).
     """
     if num_probes < 1 or num_steps < 1:
         raise ValueError("num_probes and num_steps must be at least 1.")
@@ -302,7 +391,10 @@ def spectral_density(
     weights = np.zeros((num_probes, steps))
     matvecs = 0
     for p in range(num_probes):
-        td = _lanczos_run(operator, _rademacher(n, gen, operator), steps, gen=gen, restart=False)
+        td = _lanczos_run(
+            operator, _rademacher(n, gen, operator), steps, gen=gen, restart=False,
+            basis_dtype=basis_dtype, basis_device=basis_device,
+        )
         theta, s = _ritz(td.alphas, td.betas)
         nodes[p, : theta.size] = theta
         weights[p, : theta.size] = s[0] ** 2

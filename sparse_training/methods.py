@@ -49,7 +49,7 @@ def get_method(name: str) -> MethodSpec:
 
 def seed_for(seed: int, purpose: str) -> int:
     """A stable per-purpose seed, so init, mask, data order and growth draw from separate streams."""
-    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5, "reinit": 6}
+    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5, "reinit": 6, "dropout": 7}
     return int(seed) * 1_000_003 + offsets[purpose]
 
 

@@ -99,9 +99,31 @@ class Handle:
         if not self.job.done():  # type: ignore[attr-defined]
             return None
         try:
+            if hasattr(self.job, "results"):  # submitit: one result per task of a data-parallel run
+                return max(int(r) for r in self.job.results())  # type: ignore[attr-defined]
             return int(self.job.result())  # type: ignore[attr-defined]
         except Exception:  # a crashed worker or job: its reason is in status.json or the log
             return 1
+
+
+def executor_parameters(slurm: bool, slurm_time: int, slurm_gpus: int = 0, slurm_nodes: int = 1,
+                        slurm_partition: str | None = None, threads: int = 1) -> dict:
+    """submitit parameters of one run: ``slurm_nodes`` nodes x ``slurm_gpus`` GPUs, one task per GPU.
+
+    With more than one task the tasks are the processes of one data-parallel run (each finds its
+    rank in submitit's job environment, see ``sparse_training.distributed``).
+    """
+    if slurm_gpus < 0 or slurm_nodes < 1:
+        raise UserError("--slurm-gpus must be at least 0 and --slurm-nodes at least 1.")
+    tasks = max(1, slurm_gpus)
+    params: dict = {"timeout_min": int(slurm_time), "nodes": int(slurm_nodes), "tasks_per_node": tasks}
+    if slurm:
+        params.update(slurm_gpus_per_node=int(slurm_gpus), cpus_per_task=max(1, int(threads)))
+        if slurm_partition:
+            params["slurm_partition"] = slurm_partition
+    elif slurm_nodes > 1:
+        raise UserError("--slurm-nodes above 1 needs a SLURM cluster (sbatch was not found).")
+    return params
 
 
 class Launcher:
@@ -109,19 +131,15 @@ class Launcher:
     (SLURM, or submitit's local executor where there is no SLURM)."""
 
     def __init__(self, kind: str, out: Path, jobs: int, threads: int, slurm_partition: str | None,
-                 slurm_time: int, slurm_gpus: int):
+                 slurm_time: int, slurm_gpus: int, slurm_nodes: int = 1):
         self.kind, self.out = kind, out
         if kind == "submitit":
             import submitit
 
             cluster = None if _has_slurm() else "local"
             self.executor = submitit.AutoExecutor(folder=str(out / "_submitit" / "%j"), cluster=cluster)
-            params = {"timeout_min": int(slurm_time)}
-            if _has_slurm():
-                params.update(slurm_gpus_per_node=slurm_gpus)
-                if slurm_partition:
-                    params["slurm_partition"] = slurm_partition
-            self.executor.update_parameters(**params)
+            self.executor.update_parameters(**executor_parameters(
+                _has_slurm(), slurm_time, slurm_gpus, slurm_nodes, slurm_partition, threads))
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -184,7 +202,8 @@ def check_existing_runs(specs: list[RunSpec], out: Path) -> None:
 
 def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: str = "local",
               device: str = "cpu", threads: int = 1, quiet: bool = False, slurm_partition: str | None = None,
-              slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None) -> pd.DataFrame:
+              slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None,
+              slurm_nodes: int = 1) -> pd.DataFrame:
     """Run ``specs`` in dependency order, ``jobs`` at a time; returns one row per run (run_id, state, reason)."""
     out = Path(out)
     for s in specs:  # a bad setting (e.g. from --set) fails here, in one sentence, before anything is written
@@ -202,7 +221,7 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
         missing = [d for d in s.depends_on if d not in ids]
         if missing:
             raise UserError(f"run {s.run_id} depends on {missing}, which the preset does not define.")
-    launch = Launcher(launcher, out, jobs, threads, slurm_partition, slurm_time, slurm_gpus)
+    launch = Launcher(launcher, out, jobs, threads, slurm_partition, slurm_time, slurm_gpus, slurm_nodes)
     results: dict[str, tuple[str, str]] = {}
     pending = []
     for s in specs:
@@ -291,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--slurm-partition", default=None, help="SLURM partition")
     parser.add_argument("--slurm-time", type=int, default=60, help="SLURM time limit per run, minutes")
-    parser.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per SLURM job")
+    parser.add_argument("--slurm-gpus", type=int, default=0,
+                        help="GPUs per node of each run; above 1 the run is data-parallel, one process per GPU")
+    parser.add_argument("--slurm-nodes", type=int, default=1,
+                        help="nodes per run (data-parallel over nodes x GPUs processes)")
     parser.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="change a training setting of every run, e.g. --set dataset=fashion-mnist "
@@ -314,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.time()
     results = run_suite(specs, args.out, args.jobs, args.launcher, args.device, args.threads, args.quiet,
-                        args.slurm_partition, args.slurm_time, args.slurm_gpus, args.data_dir)
+                        args.slurm_partition, args.slurm_time, args.slurm_gpus, args.data_dir, args.slurm_nodes)
     done = (results["state"] != "failed").sum()
     print(f"{args.preset}: {done}/{len(specs)} runs complete in {time.time() - t0:.0f} s -> {args.out}")
     table = accuracy_table(args.out, specs)

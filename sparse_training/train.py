@@ -4,6 +4,11 @@ Example::
 
     python -m sparse_training.train --model lenet5 --dataset mnist --method scratch+ \\
         --sparsity 0.95 --seed 0 --out runs/
+
+Data-parallel on N processes (GPUs with NCCL, else CPU with gloo), same flags; ``--batch-size``
+is the global batch::
+
+    torchrun --nproc-per-node N -m sparse_training.train --model lenet5 ... --out runs/
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import argparse
 import sys
 
 import torch
+import torch.distributed as dist
 
 from .config import add_config_arguments, config_from_args
 from .errors import cli_entry
@@ -44,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
-    run = run_training(cfg, args.out, args.run_id, args.resume, args.device, args.data_dir, args.quiet)
+    owned = not dist.is_initialized()  # a group that run_training starts (torchrun) is ended here
+    try:
+        run = run_training(cfg, args.out, args.run_id, args.resume, args.device, args.data_dir, args.quiet)
+        main_rank = not dist.is_initialized() or dist.get_rank() == 0
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+    if not main_rank:
+        return 0
     status = run.read_status()
     if status.get("state") == "complete":
         acc = RunDir(run.path).read_metrics()["test_acc"].iloc[-1]

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from landscape.evaluate import evaluate
 
+from . import distributed as ddp
 from .config import OPTIMIZER_NAMES, TrainConfig, parse_save_steps, parse_sizes
 from .data import Dataset, load_dataset, require_full_dataset
 from .distributions import check_sparsity
@@ -146,14 +147,18 @@ class Trainer:
     rows: list[dict] = field(default_factory=list)
     quiet: bool = False
     log_seconds: float = 0.0  # wall time spent measuring and writing metrics rows (not training)
+    dist: ddp.DistInfo | None = None  # set under torchrun: data-parallel over the process group
 
     def __post_init__(self) -> None:
         d = self.device
-        self.x_train, self.y_train = self.data.x_train.to(d), self.data.y_train.to(d)
-        self.x_test, self.y_test = self.data.x_test.to(d), self.data.y_test.to(d)
+        # the datasets stay in host memory; batches are moved to the device as they are used
+        self.x_train, self.y_train = self.data.x_train, self.data.y_train
+        self.x_test, self.y_test = self.data.x_test, self.data.y_test
         metric, grow = fixed_batches(len(self.x_train), self.cfg.metrics_batch, self.cfg.metrics_examples)
-        self.metric_x, self.metric_y = self.x_train[metric.to(d)], self.y_train[metric.to(d)]
-        self.grow_x, self.grow_y = self.x_train[grow.to(d)], self.y_train[grow.to(d)]
+        self.metric_x, self.metric_y = self.x_train[metric].to(d), self.y_train[metric].to(d)
+        self.grow_x, self.grow_y = self.x_train[grow].to(d), self.y_train[grow].to(d)
+        self.is_main = self.dist is None or self.dist.is_main
+        self.net = ddp.wrap(self.model, self.dist, d)  # what training steps call (DDP or the model)
         self.n = len(self.x_train)
         self.steps_per_epoch = math.ceil(self.n / self.cfg.batch_size)
         self.total = self.cfg.steps or self.cfg.epochs * self.steps_per_epoch
@@ -169,7 +174,8 @@ class Trainer:
         grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y,
                                            train_mode=self.cfg.metrics_mode == "train")
         if phase == "train":
-            test = evaluate(self.model, (self.x_test, self.y_test), batch_size=250)  # 250 keeps LeNet-5 in cache: ~2x faster than 1,000
+            # rank 0 alone measures, over the whole test split (not a shard); 250 keeps LeNet-5 in cache (~2x faster)
+            test = evaluate(self.model, (self.x_test, self.y_test), batch_size=250, distributed=False)
             test_loss, test_acc = test.loss, test.accuracy
         else:
             test_loss = test_acc = float("nan")
@@ -194,12 +200,12 @@ class Trainer:
         if self.cfg.grow_batch == "fixed":
             return None
         g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "grow") * 100_003 + step)
-        return torch.randperm(self.n, generator=g)[:min(self.cfg.metrics_batch, self.n)].to(self.device)
+        return torch.randperm(self.n, generator=g)[:min(self.cfg.metrics_batch, self.n)]
 
     def dense_grow_grads(self) -> dict[str, torch.Tensor]:
         """Dense gradients (no mask) on the growth batch of the current step, for RigL."""
         idx = self.grow_indices(self.step)
-        x, y = (self.grow_x, self.grow_y) if idx is None else (self.x_train[idx], self.y_train[idx])
+        x, y = (self.grow_x, self.grow_y) if idx is None else (self.x_train[idx].to(self.device), self.y_train[idx].to(self.device))
         grads, _, _ = masked_gradient(self.model, None, x, y)
         return grads
 
@@ -208,13 +214,21 @@ class Trainer:
         ckpt = {"model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                 "masks": self.masks.as_dict(), "step": self.step,
                 "epoch": self.step // self.steps_per_epoch}
-        if with_state:
+        if with_state:  # under DDP every rank must call this (the RNG states are gathered)
             ckpt["optimizer"] = self.optimizer.state_dict()
-            ckpt["rng"] = torch.get_rng_state()
+            ckpt.update(ddp.gather_rng(self.dist, self.device))
         return ckpt
 
+    def save(self, path: Path, ckpt: dict) -> None:
+        """Write a checkpoint atomically; under DDP only rank 0 writes."""
+        if self.is_main:
+            atomic_torch_save(path, ckpt)
+
     def save_periodic(self) -> None:
-        atomic_torch_save(self.run.checkpoint_path(self.step), self.snapshot(with_state=True))
+        ckpt = self.snapshot(with_state=True)
+        if not self.is_main:
+            return
+        atomic_torch_save(self.run.checkpoint_path(self.step), ckpt)
         periodic = self.run.step_checkpoints("")
         keep = max(1, self.cfg.keep_checkpoints)
         for step, path in periodic[:-keep]:
@@ -223,21 +237,32 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------
     def batch_indices(self, step: int) -> torch.Tensor:
-        """Indices of the mini-batch at ``step``: a per-epoch permutation seeded by (seed, epoch)."""
+        """Indices of the (global) mini-batch at ``step``: a per-epoch permutation seeded by (seed, epoch)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "data") * 10_007 + epoch)
         perm = torch.randperm(self.n, generator=g)
-        return perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size].to(self.device)
+        return perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
 
     def train_step(self) -> float:
         idx = self.batch_indices(self.step)
+        local = ddp.shard(idx, self.dist)  # this rank's slice of the global batch
+        x = self.x_train[local].to(self.device, non_blocking=True)
+        y = self.y_train[local].to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.cfg, self.step, self.total)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.step}")
+        if self.dist is None:
+            loss = F.cross_entropy(self.net(x), y)
+        else:  # DDP averages over ranks: scale the shard's sum so the result is the global-batch mean
+            world = self.dist.world_size
+            loss = F.cross_entropy(self.net(x), y, reduction="sum") * (world / len(idx))
+        if self.dist is not None:  # every rank must see the same verdict on divergence
+            loss_value = ddp.all_reduce_sum(loss.detach().clone(), self.dist) / self.dist.world_size
+        else:
+            loss_value = loss.detach()
+        if not torch.isfinite(loss_value):
+            raise TrainingDiverged(f"the training loss became {loss_value.item()} at step {self.step}")
         loss.backward()
         if self.enforce:
             self.masks.mask_grads(self.model)
@@ -245,7 +270,7 @@ class Trainer:
         if self.enforce:
             self.masks.apply(self.model)
         self.step += 1
-        return loss.item()
+        return loss_value.item()
 
     def should_log(self, step: int) -> bool:
         """Every ``log_every`` steps and at the end, plus steps 1, 2, 4, ... before that (early flow)."""
@@ -254,19 +279,20 @@ class Trainer:
 
     def mask_update(self) -> None:
         ckpt = self.snapshot(with_state=False)
-        if self.updater.snapshots:
+        if self.updater.snapshots and self.is_main:
             atomic_torch_save(self.run.checkpoint_path(self.step, "pre"), ckpt)
             self.log("pre_update")
         self.updater.update(self.step, self.model, self.masks, self.optimizer, self.dense_grow_grads)
-        if self.updater.snapshots:
+        ddp.check_identical({n: self.masks[n] for n in self.masks}, self.dist, self.step)
+        if self.updater.snapshots and self.is_main:
             atomic_torch_save(self.run.checkpoint_path(self.step, "post"), self.snapshot(with_state=False))
             self.log("post_update")
 
     def fit(self) -> dict:
         """Train to the end, logging and checkpointing; returns the last metrics row."""
-        if self.step == 0:
+        if self.step == 0 and self.is_main:
             self.log()
-        bar = tqdm(total=self.total, initial=self.step, disable=self.quiet, desc=self.run.run_id,
+        bar = tqdm(total=self.total, initial=self.step, disable=self.quiet or not self.is_main, desc=self.run.run_id,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         last = self.rows[-1] if self.rows else {}
         try:
@@ -274,17 +300,17 @@ class Trainer:
                 loss = self.train_step()
                 if self.updater is not None and self.updater.is_update_step(self.step):
                     self.mask_update()
-                if self.should_log(self.step):
+                if self.should_log(self.step) and self.is_main:  # metrics are measured once, on rank 0
                     last = self.log()
                     bar.set_postfix(loss=f"{loss:.3f}", test_acc=f"{last['test_acc']:.4f}")
                 if self.step % self.ckpt_every == 0 and self.step < self.total:
                     self.save_periodic()
                 elif self.step in self.save_steps:
-                    atomic_torch_save(self.run.checkpoint_path(self.step), self.snapshot(with_state=True))
+                    self.save(self.run.checkpoint_path(self.step), self.snapshot(with_state=True))
                 bar.update(1)
         finally:
             bar.close()
-        atomic_torch_save(self.run.checkpoint_path("end"), self.snapshot(with_state=False))
+        self.save(self.run.checkpoint_path("end"), self.snapshot(with_state=False))
         return last
 
 
@@ -303,16 +329,22 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
               device: str = "auto", data_dir: str | None = None, quiet: bool = False) -> Trainer | None:
     """Validate, then create (or reopen for ``--resume``) the run directory and its trainer.
 
-    Returns None when the run is already complete with the same settings.
+    Returns None when the run is already complete with the same settings. Under torchrun
+    (``WORLD_SIZE`` > 1) it joins the process group first; rank 0 alone writes the run directory.
     """
     validate(cfg)
     if cfg.full_data:
         require_full_dataset(cfg.dataset, data_dir)
+    info = ddp.init_from_env(device)
+    ddp.check_launch(info, cfg)
+    is_main = info is None or info.is_main
     run_id = check_run_id(run_id or cfg.default_run_id())
     out = Path(out)
-    check_output_dir(out)
+    check_output_dir(out)  # on every rank: an error must stop them all, not leave some waiting
     run = RunDir(out / run_id)
-    if run.exists():
+    existed = run.exists()
+    ddp.barrier(info)  # every rank has looked before rank 0 creates anything
+    if existed:
         saved = TrainConfig.from_dict(run.read_config())
         if _comparable(saved) != _comparable(cfg):
             raise UserError(
@@ -322,7 +354,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
             return None
         if not resume:
             raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it.")
-    dev = select_device(device)
+    dev = ddp.device_for(info, select_device(device))
     data = load_dataset(cfg.dataset, data_dir=data_dir)
     spec = get_method(cfg.method)
     model, masks, extra = prepare_start(cfg, data.input_shape, data.num_classes)
@@ -337,7 +369,8 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     updater = make_updater(cfg, spec.updater, total, seed_for(cfg.seed, "grow"),
                            lr=lambda step: lr_at(cfg, step, total))
 
-    if run.exists():  # resume from the latest resumable checkpoint (or from start.pt)
+    torch.manual_seed(seed_for(cfg.seed, "dropout"))  # the global RNG (dropout) is seeded per run
+    if existed:  # resume from the latest resumable checkpoint (or from start.pt)
         start = run.load("start")
         periodic = run.step_checkpoints("")
         latest = run.load(periodic[-1][0]) if periodic else None
@@ -349,6 +382,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         masks = Masks(source["masks"]).to(dev)
         if "optimizer" in source:
             optimizer.load_state_dict(source["optimizer"])
+        ddp.restore_rng(source, info, dev)  # dropout continues where it stopped
         step = int(source["step"])
         metrics = run.read_metrics()
         rows = metrics[metrics["step"] <= step].to_dict("records") if len(metrics) else []
@@ -360,20 +394,28 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
                       parent_path=str(parent_path(cfg)) if cfg.parent else None,
                       seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "reinit", "mask", "data", "grow")}},
                       total_steps=total, steps_per_epoch=steps_per_epoch, lr_resolved=cfg.resolved_lr(),
-                      created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      world_size=1 if info is None else info.world_size,
+                      backend=None if info is None else info.backend)
         config.setdefault("parent_run_id", None)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_config(config)
-        run.write_status("running", 0)
-        step, rows = 0, []
         start_params = {k: v.detach().clone() for k, v in model.named_parameters()}
-        trainer = Trainer(cfg, run, model, masks, data, dev, optimizer, updater, start_params, quiet=quiet)
-        atomic_torch_save(run.checkpoint_path("start"), trainer.snapshot(with_state=False))
+        trainer = Trainer(cfg, run, model, masks, data, dev, optimizer, updater, start_params, quiet=quiet,
+                          dist=info)
+        if is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            # start.pt before config.json: config.json marks the run as existing, so a process killed
+            # in between leaves a directory that is started afresh, never one that resumes without start.pt
+            atomic_torch_save(run.checkpoint_path("start"), trainer.snapshot(with_state=False))
+            run.write_config(config)
+            run.write_status("running", 0)
+        ddp.barrier(info)
         return trainer
     trainer = Trainer(cfg, run, model, masks, data, dev, optimizer, updater, start_params,
-                      step=step, rows=rows, quiet=quiet)
-    run.write_metrics(pd.DataFrame(rows))
-    run.write_status("running", step)
+                      step=step, rows=rows, quiet=quiet, dist=info)
+    if is_main:
+        run.write_metrics(pd.DataFrame(rows))
+        run.write_status("running", step)
+    ddp.barrier(info)
     return trainer
 
 
@@ -395,11 +437,15 @@ def run_training(cfg: TrainConfig, out: str | Path, run_id: str | None = None, r
     try:
         last = trainer.fit()
     except TrainingDiverged as exc:
-        run.write_status("failed", trainer.step, reason=str(exc))
+        if trainer.is_main:
+            run.write_status("failed", trainer.step, reason=str(exc))
         raise UserError(f"{exc}; the run is marked failed and its last good checkpoint is kept.") from None
     except BaseException as exc:
-        run.write_status("failed", trainer.step, reason=f"{type(exc).__name__}: {exc}")
+        if trainer.is_main:
+            run.write_status("failed", trainer.step, reason=f"{type(exc).__name__}: {exc}")
         raise
+    if not trainer.is_main:
+        return run
     run.write_status("complete", trainer.step, test_acc=last.get("test_acc"), test_loss=last.get("test_loss"),
                      seconds=round(time.perf_counter() - t0, 3), log_seconds=round(trainer.log_seconds, 3))
     return run

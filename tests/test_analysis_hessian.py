@@ -135,3 +135,33 @@ def test_bad_input_exits_2_and_leaves_results(case, smoke_runs, tmp_path, reques
     assert [p.name for p in out.iterdir()] == ["hessian.csv"] and (out / "hessian.csv").read_text() == "old\n"
     if runs != smoke_runs:
         assert not (runs / "_analysis").exists()
+
+
+def _torchrun_worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+    """What torchrun starts: the environment variables, then the CLI."""
+    import os
+
+    import torch
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    hessian.main(argv)
+
+
+def test_runs_under_torchrun_with_two_processes(smoke_runs, tmp_path):
+    """2 gloo processes, each with half the examples, give the 1-process eigenvalues; rank 0 writes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    argv = [str(smoke_runs), "--run", f"^{RIGL}$", "--which", "40:post", "--k", "3", "--examples", "150",
+            "--dtype", "float64", "--tol", "1e-10", "--quiet", "--device", "cpu"]
+    assert hessian.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_torchrun_worker, args=(2, port, [*argv, "--out", str(tmp_path / "two")]), nprocs=2, join=True)
+    one, two = pd.read_csv(tmp_path / "one" / "hessian.csv"), pd.read_csv(tmp_path / "two" / "hessian.csv")
+    assert len(one) == len(two) == 6
+    np.testing.assert_allclose(two["eigenvalue"], one["eigenvalue"], rtol=1e-8)

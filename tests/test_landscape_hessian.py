@@ -182,3 +182,75 @@ def test_batchnorm_model_uses_running_stats():
     # chunking is exact only because eval mode makes the loss a sum over examples
     assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
     assert model.training
+
+
+
+class _SignBranch(nn.Module):
+    """tanh or a cubic depending on the sign of the batch mean: data-dependent control flow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def branch(self, x) -> bool:
+        return bool(x.mean() > 0)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h = torch.tanh(h) if self.branch(x) else h**3
+        return self.fc2(h)
+
+
+class _HiddenBranch(_SignBranch):
+    """The same branch decided where tracing cannot see it (Python-side state set per chunk)."""
+
+    def __init__(self, signs: list[bool]) -> None:
+        super().__init__()
+        self.signs, self.calls = signs, 0
+
+    def branch(self, x) -> bool:
+        self.calls += 1
+        return self.signs[(self.calls - 1) % len(self.signs)]
+
+
+def _two_sided_data():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(20, 4, generator=gen) + 2.0, torch.randn(20, 4, generator=gen) - 2.0]).double()
+    return x, torch.randint(0, 3, (40,), generator=gen), gen
+
+
+def test_cache_switches_off_with_a_message_on_data_dependent_branch():
+    torch.manual_seed(0)
+    model = _SignBranch().double()
+    x, y, gen = _two_sided_data()
+    H = exact_hessian(model, F.cross_entropy, (x, y), chunk_size=20)
+    op = HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64, chunk_size=20)
+    v = torch.randn(op.size, generator=gen, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="HVP cache off"):
+        for _ in range(4):  # the cache is built at the second product at a point
+            hv = op.matvec(v)
+    assert op.cache_info.startswith("off: tracing failed")
+    assert torch.allclose(hv, H @ v, rtol=1e-10, atol=1e-12)  # the products stay exact
+
+
+def test_cache_checks_itself_against_direct_products():
+    """A branch tracing cannot see gets baked in for every chunk: the build-time check catches it."""
+    torch.manual_seed(0)
+    x, y, gen = _two_sided_data()
+    # chunk 1 takes tanh, chunk 2 the cubic, on every pass (2 forwards per product: one per chunk)
+    model = _HiddenBranch([True, False]).double()
+    op = HessianOperator(model, F.cross_entropy, (x, y), dtype=torch.float64, chunk_size=20)
+    v = torch.randn(op.size, generator=gen, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="disagreed"):
+        for _ in range(3):
+            op.matvec(v)
+    assert op.cache_info.startswith("off: cached products disagreed")
+    # with one branch everywhere the cache passes its check and is used; products match the exact Hessian
+    same = _HiddenBranch([True]).double()
+    same.load_state_dict(model.state_dict())
+    H = exact_hessian(same, F.cross_entropy, (x, y), chunk_size=20)
+    op1 = HessianOperator(same, F.cross_entropy, (x, y), dtype=torch.float64, chunk_size=20)
+    for _ in range(4):
+        hv = op1.matvec(v)
+    assert op1.cache_info.startswith("on")
+    assert torch.allclose(hv, H @ v, rtol=1e-10, atol=1e-12)

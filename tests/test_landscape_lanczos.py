@@ -58,7 +58,8 @@ def test_top_and_bottom_10_match_eigh_of_exact_hessian(hessian_problem):
     assert evals[0] < 0  # the negative end is the point of which="SA"
     np.testing.assert_allclose(top.eigenvalues.numpy(), evals[::-1][:10], rtol=1e-5)
     np.testing.assert_allclose(bottom.eigenvalues.numpy(), evals[:10], rtol=1e-5)
-    assert float(top.relative_residuals.max()) < 1e-6
+    # converged means residual < tol * max(|lambda|, ||T||), ||T|| <= ||H||
+    assert float(top.residuals.max()) < 1e-6 * np.abs(evals).max()
     # true relative residuals against the exact matrix
     for res in (top, bottom):
         for v, lam in zip(res.eigenvectors, res.eigenvalues):
@@ -153,3 +154,37 @@ def test_hutchinson_trace_against_exact(hessian_problem):
     assert est.std_error == pytest.approx(sigma / 60**0.5, rel=0.5)
     again = hutchinson_trace(op, num_probes=60, seed=0)
     assert again.trace == est.trace
+
+
+def test_eigenvalue_at_zero_converges():
+    """tol * max(|theta|, ||T||): a zero eigenvalue converges (tol * |theta| alone never would)."""
+    gen = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=gen, dtype=torch.float64))
+    evals = torch.cat([torch.zeros(1), torch.linspace(0.5, 4.0, 59)]).double()
+    A = q @ torch.diag(evals) @ q.T
+    A = (A + A.T) / 2
+    res = lanczos(LambdaOperator.from_matrix(A), k=2, which="SA", tol=1e-8, seed=0)
+    assert res.all_converged
+    assert abs(float(res.eigenvalues[0])) < 1e-8
+    assert float(res.eigenvalues[1]) == pytest.approx(0.5, rel=1e-8)
+    assert res.iterations < 60  # it stopped on convergence, not by exhausting the space
+    v = res.eigenvectors[0]
+    assert float((A @ v).norm()) < 1e-7
+
+
+def test_basis_grows_with_iterations_not_max_iter():
+    """Memory bound: the basis holds at most (iterations + one block of 32) vectors, not max_iter."""
+    n = 20_000
+    evals = torch.cat([torch.tensor([10.0, 9.0, 8.0]), torch.rand(n - 3, generator=torch.Generator().manual_seed(0))])
+    op = LambdaOperator(lambda v: evals.double() * v, n, dtype=torch.float64)
+    res = lanczos(op, k=3, tol=1e-8, max_iter=2000, seed=0)
+    assert res.all_converged
+    np.testing.assert_allclose(res.eigenvalues.numpy(), [10.0, 9.0, 8.0], rtol=1e-8)
+    bound = (res.iterations + 32) * n * 8
+    assert 0 < res.basis_bytes <= bound
+    assert res.basis_bytes < 2000 * n * 8 / 10  # an up-front max_iter basis would be 10x more
+    # kept in float32: half the bytes, eigenvalues still to float32-reorthogonalization accuracy
+    low = lanczos(op, k=3, tol=1e-5, max_iter=2000, seed=0, basis_dtype=torch.float32, basis_device="cpu")
+    assert low.basis_bytes <= (low.iterations + 32) * n * 4
+    np.testing.assert_allclose(low.eigenvalues.numpy(), [10.0, 9.0, 8.0], rtol=1e-5)
+    assert low.eigenvectors.dtype == torch.float64

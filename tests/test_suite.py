@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sparse_training.config import TrainConfig
+from sparse_training.errors import UserError
 from sparse_training.presets import PRESETS, RunSpec, preset_runs
 from sparse_training.rundir import RunDir
 from sparse_training.suite import accuracy_table, main, run_suite
@@ -267,3 +268,66 @@ def test_override_the_model_ignores_exit_2_before_writing(capsys, tmp_path):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--hidden applies to the mlp model only" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_executor_parameters_give_one_task_per_gpu_on_every_node():
+    from sparse_training.suite import executor_parameters
+
+    p = executor_parameters(True, 120, slurm_gpus=4, slurm_nodes=2, slurm_partition="gpu", threads=8)
+    assert p == {"timeout_min": 120, "nodes": 2, "tasks_per_node": 4, "slurm_gpus_per_node": 4,
+                 "cpus_per_task": 8, "slurm_partition": "gpu"}
+    assert executor_parameters(True, 60)["tasks_per_node"] == 1  # CPU job: one process
+    assert executor_parameters(False, 60, slurm_gpus=2) == {"timeout_min": 60, "nodes": 1, "tasks_per_node": 2}
+    with pytest.raises(UserError, match="SLURM"):
+        executor_parameters(False, 60, slurm_nodes=2)
+    with pytest.raises(UserError):
+        executor_parameters(True, 60, slurm_gpus=-1)
+
+
+def test_launcher_sets_the_executor_parameters(tmp_path, monkeypatch):
+    """On a SLURM cluster (faked: no srun here) the suite asks submitit for nodes x GPUs tasks."""
+    submitit = pytest.importorskip("submitit")
+    from sparse_training import suite
+
+    seen = {}
+
+    class FakeExecutor:
+        def __init__(self, folder, cluster=None):
+            seen["cluster"] = cluster
+
+        def update_parameters(self, **params):
+            seen.update(params)
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    monkeypatch.setattr(suite, "_has_slurm", lambda: True)
+    suite.Launcher("submitit", tmp_path, 1, 4, "gpu", 30, slurm_gpus=8, slurm_nodes=3)
+    assert seen == {"cluster": None, "timeout_min": 30, "nodes": 3, "tasks_per_node": 8,
+                    "slurm_gpus_per_node": 8, "cpus_per_task": 4, "slurm_partition": "gpu"}
+
+
+def test_submitit_environment_becomes_torch_distributed_environment(monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    from sparse_training.distributed import env_from_submitit
+
+    class FakeEnv:
+        num_tasks, global_rank, local_rank, job_id, hostnames = 8, 5, 1, "4242", ["node17", "node18"]
+
+    keys = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    # a private environment: nothing set here may leak into later tests' processes
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in keys})
+    monkeypatch.setattr(submitit, "JobEnvironment", FakeEnv)
+    env_from_submitit()
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["MASTER_ADDR"]) == \
+        ("8", "5", "1", "node17")
+    assert 20000 <= int(os.environ["MASTER_PORT"]) < 40000
+
+
+def test_submitit_local_two_tasks_train_one_data_parallel_run(tmp_path):
+    """Two submitit tasks (the local executor's stand-in for 2 GPUs) form one gloo DDP run."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "runs"
+    specs = [s for s in preset_runs("smoke", 1) if s.config.method == "dense"]
+    results = run_suite(specs, out, jobs=1, launcher="submitit", quiet=True, slurm_gpus=2, device="cpu")
+    assert (results["state"] == "complete").all(), results
+    config = RunDir(out / specs[0].run_id).read_config()
+    assert config["world_size"] == 2 and config["backend"] == "gloo"

@@ -246,3 +246,26 @@ def test_match_width_refused_where_it_would_be_ignored(tmp_path, capsys, extra):
         train(tmp_path, *args, "--run-id", "x")
     assert exc.value.code == 2 and "--match-width" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_run_killed_while_writing_start_checkpoint_starts_afresh(tmp_path, monkeypatch):
+    """config.json marks a run as existing, so it is written after start.pt: a process killed while
+    saving start.pt leaves a directory that a plain rerun starts afresh (it used to need --resume, which
+    then failed on the missing start.pt)."""
+    from sparse_training import trainer as trainer_module
+
+    real_save = trainer_module.atomic_torch_save
+
+    def killed_on_start(path, obj):
+        if Path(path).name == "start.pt":
+            raise KeyboardInterrupt  # the kill, mid-creation
+        real_save(path, obj)
+
+    argv = ("--method", "scratch", "--sparsity", "0.5", "--steps", "6", "--run-id", "cut")
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", killed_on_start)
+    with pytest.raises(SystemExit):  # the CLI turns the interrupt into exit code 130
+        train(tmp_path, *argv)
+    assert not RunDir(tmp_path / "cut").exists()
+    monkeypatch.setattr(trainer_module, "atomic_torch_save", real_save)
+    assert train(tmp_path, *argv) == 0
+    assert RunDir(tmp_path / "cut").is_complete()
