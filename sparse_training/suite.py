@@ -159,6 +159,25 @@ def failure_reason(out: Path, run_id: str, code: int) -> str:
     return f"exit code {code}"
 
 
+FILE_DATASETS = ("fashion-mnist", "cifar10")  # no fallback: their files must be in the data dir
+FETCHABLE = ("fashion-mnist",)  # `make data` (sparse_training.data fetch) puts these there
+
+
+def check_datasets(specs: list[RunSpec], data_dir: str | None) -> None:
+    """Load each file-backed dataset the runs need once, before any run starts: a missing or corrupt
+    one stops the suite with one sentence (pointing to ``make data`` where that fetches it)."""
+    from .trainer import _cached_dataset, _data_dir_key
+
+    for name in sorted({s.config.dataset for s in specs} & set(FILE_DATASETS)):
+        try:
+            _cached_dataset(name, *_data_dir_key(data_dir))
+        except UserError as exc:
+            if name not in FETCHABLE:
+                raise
+            raise UserError(f"{str(exc).rstrip('.')}; `make data` fetches it into data/ "
+                            f"(python -m sparse_training.data fetch {name} --data-dir data/).") from None
+
+
 def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: str = "local",
               device: str = "cpu", threads: int = 1, quiet: bool = False, slurm_partition: str | None = None,
               slurm_time: int = 60, slurm_gpus: int = 0, data_dir: str | None = None) -> pd.DataFrame:
@@ -166,6 +185,7 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
     out = Path(out)
     for s in specs:  # a bad setting (e.g. from --set) fails here, in one sentence, before anything is written
         validate(s.config)
+    check_datasets(specs, data_dir)
     check_output_dir(out)
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}.")

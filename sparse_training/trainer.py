@@ -1,6 +1,7 @@
 """The training loop: fixed and small; masks, mask updaters, metrics and checkpoints plug into it."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import OPTIMIZER_NAMES, TrainConfig, parse_save_steps
-from .data import Dataset, load_dataset
+from .augment import augment_batch, check_augment
+from .config import AUGMENT_NAMES, OPTIMIZER_NAMES, TrainConfig, parse_save_steps
+from .data import Dataset, load_dataset, resolve_data_dir
 from .distributions import check_sparsity
 from .errors import UserError
 from .io import atomic_torch_save
@@ -45,7 +47,8 @@ def select_device(name: str) -> torch.device:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """One of sgd, momentum, adam, rmsprop, adagrad with the config's lr and weight decay."""
+    """One of sgd, momentum, adam, adamw, rmsprop, adagrad with the config's lr and weight decay
+    (an L2 term in the gradient for all but adamw, whose decay is decoupled from the adaptive step)."""
     lr, wd, params = cfg.resolved_lr(), cfg.weight_decay, model.parameters()
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd)
@@ -53,6 +56,8 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "adagrad":
@@ -89,6 +94,13 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
     if cfg.steps is not None and cfg.steps < 1:
         raise UserError("--steps must be at least 1.")
+    if cfg.augment not in AUGMENT_NAMES:
+        raise UserError(f"unknown augmentation '{cfg.augment}'; choose one of {', '.join(AUGMENT_NAMES)}.")
+    if cfg.augment != "none" and cfg.dataset in ("digits", "mnist1d"):  # known before loading: vectors
+        raise UserError(f"--augment {cfg.augment} needs image data; dataset '{cfg.dataset}' gives vectors.")
+    for name in ("shift_pixels", "log_points", "log_every"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 0.")
     if not 0.0 <= cfg.drop_fraction <= 1.0:
         raise UserError("--drop-fraction must lie in [0, 1].")
     if not 0.0 <= cfg.prune_start < cfg.prune_end <= 1.0:
@@ -148,6 +160,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.n / self.cfg.batch_size)
         self.total = self.cfg.steps or self.cfg.epochs * self.steps_per_epoch
         self.log_every = self.cfg.log_every or max(1, self.steps_per_epoch // 2)
+        n = self.cfg.log_points
+        self.log_steps = {round(k * self.total / n) for k in range(n + 1)} if n else set()
         self.ckpt_every = self.cfg.checkpoint_every or self.steps_per_epoch
         self.save_steps = parse_save_steps(self.cfg.save_steps)
         self.enforce = self.masks.sparsity() > 0 or self.updater is not None
@@ -211,9 +225,13 @@ class Trainer:
         idx = self.batch_indices(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.cfg, self.step, self.total)
+        x = self.x_train[idx]
+        if self.cfg.augment != "none":  # one generator per step: reruns and resumes draw the same
+            g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "augment") * 1_000_003 + self.step)
+            x = augment_batch(x, self.cfg.augment, self.cfg.shift_pixels, g)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.x_train[idx]), self.y_train[idx])
+        loss = F.cross_entropy(self.model(x), self.y_train[idx])
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss.item()} at step {self.step}")
         loss.backward()
@@ -226,7 +244,10 @@ class Trainer:
         return loss.item()
 
     def should_log(self, step: int) -> bool:
-        """Every ``log_every`` steps and at the end, plus steps 1, 2, 4, ... before that (early flow)."""
+        """Every ``log_every`` steps and at the end, plus steps 1, 2, 4, ... before that (early flow);
+        with ``log_points`` only at its evenly spaced steps."""
+        if self.log_steps:
+            return step in self.log_steps
         early = step < self.log_every and (step & (step - 1)) == 0
         return early or step % self.log_every == 0 or step == self.total
 
@@ -299,7 +320,8 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         if not resume:
             raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it.")
     dev = select_device(device)
-    data = load_dataset(cfg.dataset, data_dir=data_dir)
+    data = _cached_dataset(cfg.dataset, *_data_dir_key(data_dir))
+    check_augment(cfg.augment, data.input_shape)
     spec = get_method(cfg.method)
     model, masks, extra = prepare_start(cfg, data.input_shape, data.num_classes)
     model.to(dev)
@@ -330,7 +352,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         config.update(extra, run_id=run_id, data_source=data.source, versions=versions(),
                       input_shape=list(data.input_shape), num_classes=data.num_classes,
                       parent_path=str(parent_path(cfg)) if cfg.parent else None,
-                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "reinit", "mask", "data", "grow")}},
+                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "reinit", "mask", "data", "grow", "augment")}},
                       total_steps=total, steps_per_epoch=steps_per_epoch, lr_resolved=cfg.resolved_lr(),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         config.setdefault("parent_run_id", None)
@@ -347,6 +369,23 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     run.write_metrics(pd.DataFrame(rows))
     run.write_status("running", step)
     return trainer
+
+
+def _data_dir_key(data_dir: str | None) -> tuple[str | None, int]:
+    """The resolved data directory and its modification time: a file added, replaced or removed
+    there changes the key, so the cache below never serves stale data."""
+    root = resolve_data_dir(data_dir)
+    try:
+        return (str(root.resolve()), root.stat().st_mtime_ns) if root is not None else (None, 0)
+    except OSError:
+        return str(root), -1
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(name: str, data_dir: str | None, _mtime: int) -> Dataset:
+    """A suite worker process trains many runs on one dataset, and loading full Fashion-MNIST takes
+    ~1.5 s, so a process keeps the last two it loaded (runs only read them)."""
+    return load_dataset(name, data_dir=data_dir)
 
 
 def _comparable(cfg: TrainConfig) -> dict:
