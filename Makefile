@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 SEEDS ?= 5
+DATA ?= data
 JOBS ?= 2
 
 .PHONY: install test test-all reproduce bench lint clean
@@ -28,6 +29,13 @@ test-all: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
+
+# Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~45-50 min on 2 idle cores)
+TESSERA_RUNS ?= runs-tessera
+.PHONY: reproduce-tessera
+reproduce-tessera: $(STAMP)
+	$(PY) -m sparse_training.suite --preset tessera-fmnist --out $(TESSERA_RUNS) --seeds $(SEEDS) --jobs $(JOBS) --data-dir $(DATA)
+	$(PY) -m figures.tessera $(TESSERA_RUNS)
 
 # the peers of benchmarks.hessian come with the [bench] extra; benchmarks.suite takes ~8 min, run it alone
 bench: $(STAMP)

@@ -334,6 +334,14 @@ def fig_sweep(table: pd.DataFrame, path: Path) -> list[Path]:
 PAPER = "Tessera et al. 2021"
 
 
+class TesseraData(engine.ClaimData):
+    """The claims engine's data of a runs directory, plus the number of bootstrap resamples to use."""
+
+    def __init__(self, runs: str | Path, analysis: str | Path | None = None, n_boot: int = engine.N_BOOT) -> None:
+        super().__init__(runs, analysis)
+        self.n_boot = n_boot
+
+
 def _pairs(data: engine.ClaimData) -> pd.DataFrame:
     return data.csv("tessera_pairs.csv")
 
@@ -407,7 +415,8 @@ def _egf_vs_norm(p: int):
         acc = s["test_acc"].to_numpy(float)
         # strength, not sign: both measures oriented so that EGF's correlation is positive
         sign = -1.0 if engine.kendall(egf, acc) < 0 else 1.0
-        return {"x1": sign * egf, "x2": sign * norm, "y": acc, "name": f"τ(EGF{p}) − τ(‖g‖{p})"}
+        return {"x1": sign * egf, "x2": sign * norm, "y": acc, "name": f"τ(EGF{p}) − τ(‖g‖{p})",
+                "n_boot": getattr(data, "n_boot", engine.N_BOOT)}
     return samples
 
 
@@ -483,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="runs directory (e.g. from the tessera-fmnist or scsdc preset)")
     p.add_argument("--out", default=None, help="output directory (default: <runs>/_figures/tessera)")
-    p.add_argument("--n-boot", type=int, default=engine.N_BOOT, help="bootstrap resamples of the correlations")
+    p.add_argument("--n-boot", type=int, default=engine.N_BOOT,
+                   help="bootstrap resamples of the correlations and of claims T4a/T4b")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -516,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = fig_activation(acts, out / "fig_tessera_activation.png")
     figures += fig_egf(curves, slice_of(pairs, base, ("optimizer", "regularization")), out / "fig_tessera_egf.png")
     figures += fig_sweep(sweep, out / "fig_tessera_sweep.png")
-    data = engine.ClaimData(root, analysis=out)
+    data = TesseraData(root, analysis=out, n_boot=args.n_boot)
     verdicts = engine.verdict_frame(CLAIMS, engine.evaluate_all(CLAIMS, data), setting=str(root))
     atomic_write_csv(out / "claims.csv", verdicts)
     best = best_activations(pairs, base)

@@ -267,16 +267,20 @@ def test_cell_p_values_are_scipys_exact_wilcoxon():
 
 
 @pytest.mark.parametrize("case", ["empty", "no-pairs"])
-def test_figures_tessera_bad_input_exit_2(case, tmp_path, capsys, smoke_runs):
+def test_figures_tessera_bad_input_exit_2(case, tmp_path, capsys, scsdc_runs):
+    import shutil
+
     from figures import tessera
 
-    root = tmp_path / "empty"
+    root = tmp_path / "runs"
     root.mkdir()
-    if case == "no-pairs":  # the smoke preset has dense runs but no sparse run with --match-width
-        root = smoke_runs
+    if case == "no-pairs":  # dense-narrow runs without their sparse-wide partners
+        for run in sorted(scsdc_runs.glob("*-dense-narrow-seed0"))[:2]:
+            shutil.copytree(run, root / run.name)
     out = tmp_path / "fig"
     with pytest.raises(SystemExit) as exc:
         tessera.main([str(root), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert exc.value.code == 2 and err.startswith("error: ")
+    assert ("partner" in err) == (case == "no-pairs")
     assert not out.exists()
