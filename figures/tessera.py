@@ -107,7 +107,7 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
         cell = {"optimizer": c["optimizer"], "regularization": regularization_of(c),
                 "activation": c.get("activation", "relu"), "depth": int(c.get("depth", 0)),
                 "fraction": float(c["match_width"] if network_of(c) == "sparse" else c.get("width", 1.0))}
-        row = {"run_id": run.run_id, "network": network_of(c), **cell, "seed": run.seed,
+        row = {"run_id": run.run_id, "network": network_of(c), "dataset": c.get("dataset"), **cell, "seed": run.seed,
                "pair_key": pair_key(c), "test_acc": float(last["test_acc"]), "test_loss": float(last["test_loss"]),
                **{k: float(pts[k].mean()) for k in MEASURES if k in pts}, "n_interpolated": int(pts["interpolated"].sum())}
         rows.append(row)
@@ -120,6 +120,10 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
     if not rows:
         raise UserError(f"{root} holds no dense-narrow or sparse-wide runs (dense runs and sparse runs trained "
                         "with --match-width); train the tessera-fmnist or scsdc preset first.")
+    datasets = sorted({str(r["dataset"]) for r in rows})
+    if len(datasets) > 1:
+        raise UserError(f"{root} mixes same-capacity runs on {', '.join(datasets)}; point figures.tessera at the "
+                        "runs directory of one study.")
     cols = ["run_id", "network", *CELL, "seed"]
     curve = pd.concat(curves, ignore_index=True)
     curve = curve[cols + ["point", "step", "training_fraction", "interpolated", "measure", "value"]]

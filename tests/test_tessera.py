@@ -106,6 +106,22 @@ def test_augmentation_needs_images():
         check_augment("rotate", (1, 28, 28))
 
 
+def test_training_with_augmentation_is_reproducible_and_changes_the_batches(tmp_path):
+    from sparse_training.rundir import RunDir
+    from sparse_training.train import main
+
+    def end(run_id: str, *extra: str) -> dict:
+        argv = ["--model", "mlp", "--dataset", "mnist", "--hidden", "8", "--depth", "1", "--steps", "6",
+                "--out", str(tmp_path), "--run-id", run_id, "--quiet", *extra]
+        assert main(argv) == 0
+        return RunDir(tmp_path / run_id).load("end")["model"]
+
+    a, b = end("a", "--augment", "shift+flip"), end("b", "--augment", "shift+flip")
+    plain = end("c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["layers.0.weight"], plain["layers.0.weight"])
+
+
 # --- AdamW -----------------------------------------------------------------------------
 def test_adamw_first_step_decays_weights_decoupled():
     from sparse_training.trainer import make_optimizer
