@@ -5,7 +5,13 @@ made of the prune runs of all seeds) on the test split: mean and std of the test
 accuracy of the ensemble (mean of the runs' softmax outputs), the mean pairwise disagreement
 (fraction of test examples two runs classify differently, over all pairs) and the mean
 disagreement with the pruning solution (the seed-0 prune run's end; for the pruning solutions,
-the other seeds against it). Writes ``ensemble.csv`` (one row per group) and ``ensemble.md``.
+the other seeds against it). Writes ``ensemble.csv`` (one row per group) and ``ensemble.md``, and for
+the claims' statistics ``ensemble_runs.csv`` (one row per run: group, run_id, seed, test_acc,
+disagreement_pruned; NaN for the reference run itself) and ``ensemble_bootstrap.csv`` (group, replicate,
+ensemble_gain: the ensemble gain of each of ``BOOT_REPLICATES`` resamples, with replacement, of the
+group's runs; seed 0). The bootstrap gain of a resample with repeated runs is smaller than the
+group's own (fewer distinct members), the same way for every group of equal size, so compare groups
+of equal size.
 """
 from __future__ import annotations
 
@@ -37,6 +43,9 @@ from sparse_training.io import atomic_write_csv, atomic_write_text
 
 GROUP_METHODS = ("lottery", "scratch", "scratch+", "rigl", "rigl+", "set")
 PRUNING_GROUP = "pruning solutions"
+RUN_COLUMNS = ["group", "run_id", "seed", "test_acc", "disagreement_pruned"]
+BOOT_COLUMNS = ["group", "replicate", "ensemble_gain"]
+BOOT_REPLICATES = 1000
 ENSEMBLE_COLUMNS = ["group", "n_runs", "test_acc_mean", "test_acc_std", "ensemble_acc", "disagreement_mean",
                     "disagreement_std", "disagreement_pruned_mean", "disagreement_pruned_std", "pruning_run"]
 
@@ -94,6 +103,24 @@ def ensemble_stats(probs_by_run: Mapping[str, ArrayLike], labels: ArrayLike, ref
             out["disagreement_ref_mean"] = float(np.mean(vs))
             out["disagreement_ref_std"] = _std(vs)
     return out
+
+
+def ensemble_gain(probs: np.ndarray, labels: ArrayLike, members: Sequence[int] | np.ndarray) -> float:
+    """Ensemble accuracy minus mean member accuracy of the runs ``members`` (indices into ``probs``, repeats allowed).
+
+    ``probs``: (n_runs, n_examples, n_classes) softmax outputs.
+    """
+    y = _np(labels).reshape(-1)
+    chosen = probs[np.asarray(members)]
+    ens = float((chosen.mean(axis=0).argmax(axis=1) == y).mean())
+    return ens - float((chosen.argmax(axis=2) == y[None, :]).mean())
+
+
+def bootstrap_gains(probs: np.ndarray, labels: ArrayLike, replicates: int = BOOT_REPLICATES, seed: int = 0) -> np.ndarray:
+    """Ensemble gains of ``replicates`` resamples (with replacement) of the runs; a fixed seed."""
+    rng = np.random.default_rng(seed)
+    n = probs.shape[0]
+    return np.array([ensemble_gain(probs, labels, rng.integers(0, n, size=n)) for _ in range(replicates)])
 
 
 def group_runs(selected: Sequence[Run]) -> dict[str, list[Run]]:
@@ -180,9 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     probs: dict[str, torch.Tensor] = {}
     for run_id, run in tqdm(members.items(), desc="ensemble", unit="run", disable=args.quiet, file=sys.stderr):
         probs[run_id] = test_probabilities(run, data.x_test, device)
-    rows = []
+    rows, run_rows, boot_rows = [], [], []
     for name, runs in groups.items():
         ref = references[name]
+        ref_pred = probs[ref.run_id].argmax(dim=1) if ref is not None else None
+        for r in runs:
+            pred = probs[r.run_id].argmax(dim=1)
+            dis = float("nan") if ref_pred is None or r.run_id == ref.run_id else float((pred != ref_pred).double().mean())
+            run_rows.append({"group": name, "run_id": r.run_id, "seed": r.seed,
+                             "test_acc": float((pred == data.y_test).double().mean()), "disagreement_pruned": dis})
+        stack = np.stack([probs[r.run_id].numpy() for r in runs])
+        for i, g in enumerate(bootstrap_gains(stack, data.y_test)):
+            boot_rows.append({"group": name, "replicate": i, "ensemble_gain": g})
         stats = ensemble_stats({r.run_id: probs[r.run_id] for r in runs}, data.y_test,
                                reference=probs[ref.run_id] if ref is not None else None,
                                reference_id=ref.run_id if ref is not None else None)
@@ -197,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     out = output_dir(args)
     atomic_write_csv(out / "ensemble.csv", frame)
     atomic_write_text(out / "ensemble.md", table)
+    atomic_write_csv(out / "ensemble_runs.csv", pd.DataFrame(run_rows, columns=RUN_COLUMNS))
+    atomic_write_csv(out / "ensemble_bootstrap.csv", pd.DataFrame(boot_rows, columns=BOOT_COLUMNS))
     print(table, end="")
-    print(f"wrote {out / 'ensemble.csv'}")
-    print(f"wrote {out / 'ensemble.md'}")
+    for name in ("ensemble.csv", "ensemble.md", "ensemble_runs.csv", "ensemble_bootstrap.csv"):
+        print(f"wrote {out / name}")
     return 0
 
 

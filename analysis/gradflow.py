@@ -15,11 +15,15 @@ Three things are computed:
    ``mean`` = the mean over all logged train rows (the trainer logs steps 1, 2, 4, ... densely before
    its regular interval, so very early steps weigh a little more than in a time average);
    ``init`` = the step-0 row; ``early`` = the mean over rows with 0 < step <= 10% of the run's total
-   steps. Then, across runs, Kendall's tau and Spearman's rho (``scipy.stats``, with p-values) of
-   each measure and aggregation against the final test accuracy and the final test loss (the last
-   train row: the full test set in eval mode), separately for *sparse* runs (every method but dense
-   and small-dense, prune runs included) and *dense* runs (dense, small-dense). A group of fewer
-   than 3 runs gets NaN, and the CLI says so.
+   steps; ``spaced`` = Tessera et al.'s average over 11 evenly spaced points of training (steps
+   0, T/10, ..., T; at each, the logged train row nearest to it, the earlier one on a tie). Then,
+   across runs, Kendall's tau and Spearman's rho (``scipy.stats``, with p-values) of each measure and
+   aggregation against the final test accuracy and the final test loss (the last train row: the full
+   test set in eval mode), separately for *sparse* runs (lottery, scratch, scratch+, RigL, RigL+, SET:
+   sparse from the first step) and *dense* runs (dense, small-dense). Prune runs form their own group
+   ``prune`` and enter no correlation: they are dense for the first part of training, so their
+   gradient measures mix a dense and a sparse network. A group of fewer than 3 runs gets NaN, and
+   the CLI says so.
 3. **Claims** of Evci et al. (2): early in training scratch+ has a larger gradient norm than scratch
    (window ``early``); RigL has a larger gradient norm than scratch during training (window
    ``training``: the ``mean`` aggregation); lottery tickets do not have a larger one than scratch
@@ -52,10 +56,11 @@ from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv
 
 MEASURES = ("grad_norm_l1", "grad_norm", "egf1", "egf2", "egf2_per_weight")
-AGGREGATIONS = ("mean", "init", "early")
+AGGREGATIONS = ("mean", "init", "early", "spaced")
 TARGETS = ("test_acc", "test_loss")
 DENSE_METHODS = ("dense", "small-dense")
 EARLY_FRACTION = 0.10
+SPACED_POINTS = 11  # Tessera et al. average each measure over 11 evenly spaced points of training
 METHOD_ORDER = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense", "small-dense")
 CURVE_COLUMNS = ["method", "step", "epoch", "measure", "mean", "std", "min", "max", "n"]
 RUN_COLUMNS = ["run_id", "method", "seed", "group", "measure", "aggregation", "value", "final_test_acc",
@@ -70,8 +75,8 @@ CLAIMS = (("scratch+", ">", "scratch", "early"), ("rigl", ">", "scratch", "train
 
 
 def group_of(method: str) -> str:
-    """'dense' for dense and small-dense runs, 'sparse' for every other method."""
-    return "dense" if method in DENSE_METHODS else "sparse"
+    """'dense' for dense and small-dense runs, 'prune' for prune runs (dense early on), 'sparse' for the rest."""
+    return "dense" if method in DENSE_METHODS else "prune" if method == "prune" else "sparse"
 
 
 def train_rows(run: Run) -> pd.DataFrame:
@@ -149,8 +154,15 @@ def early_mask(steps: pd.Series, total: int) -> pd.Series:
     return (steps > 0) & (steps <= EARLY_FRACTION * total)
 
 
+def spaced_rows(steps: pd.Series, total: int, points: int = SPACED_POINTS) -> np.ndarray:
+    """Positions (into ``steps``, sorted ascending) of the rows nearest to ``points`` evenly spaced steps 0..total."""
+    s = steps.to_numpy(dtype=np.float64)
+    targets = np.linspace(0.0, float(total), points)
+    return np.array([int(np.argmin(np.abs(s - t))) for t in targets])  # argmin: the earlier row on a tie
+
+
 def run_measures(metrics: pd.DataFrame, measures: Sequence[str] = MEASURES) -> pd.DataFrame:
-    """Each run's measures under each aggregation (mean, init, early), with its final test accuracy and loss."""
+    """Each run's measures under each aggregation (mean, init, early, spaced), with its final test accuracy and loss."""
     present = [m for m in measures if m in metrics]
     rows = []
     for run_id, g in metrics.groupby("run_id", sort=False):
@@ -158,10 +170,12 @@ def run_measures(metrics: pd.DataFrame, measures: Sequence[str] = MEASURES) -> p
         last = g.iloc[-1]
         at0 = g[g["step"] == 0]
         early = g[early_mask(g["step"], int(last["total_steps"]))]
+        spaced = g.iloc[spaced_rows(g["step"], int(last["total_steps"]))]
         for measure in present:
             values = {"mean": g[measure].mean(),
                       "init": at0[measure].iloc[0] if len(at0) else np.nan,
-                      "early": early[measure].mean() if len(early) else np.nan}
+                      "early": early[measure].mean() if len(early) else np.nan,
+                      "spaced": spaced[measure].mean()}
             for agg in AGGREGATIONS:
                 rows.append({"run_id": run_id, "method": last["method"], "seed": int(last["seed"]),
                              "group": group_of(last["method"]), "measure": measure, "aggregation": agg,

@@ -223,6 +223,16 @@ def update_table(eigen: pd.DataFrame, neg_mass: dict[tuple[str, int, str], float
     return pd.DataFrame(rows, columns=UPDATE_COLUMNS)
 
 
+def more_negative(updates: pd.DataFrame, neg_tol: float = 1e-4) -> pd.Series:
+    """Per mask update: did it make the smallest eigenvalue more negative?
+
+    True when the smallest eigenvalue decreased across the update *and* ends negative, i.e. below
+    ``-neg_tol * max(lambda_max after, 0)`` (the same tolerance that counts negative eigenvalues), so a
+    change within rounding noise of zero does not count.
+    """
+    return (updates["min_post"] < updates["min_pre"]) & (updates["min_post"] < -neg_tol * updates["top_post"].clip(lower=0))
+
+
 def summarize_updates(updates: pd.DataFrame, k: int, neg_tol: float = 1e-4) -> str:
     """In words, per method: how many mask updates added negative curvature (Evci et al.'s claim)."""
     if updates.empty:
@@ -232,7 +242,7 @@ def summarize_updates(updates: pd.DataFrame, k: int, neg_tol: float = 1e-4) -> s
         n = len(g)
         more = int((g["n_negative_post"] > g["n_negative_pre"]).sum())
         fewer = int((g["n_negative_post"] < g["n_negative_pre"]).sum())
-        deeper = int(((g["min_post"] < g["min_pre"]) & (g["min_post"] < -neg_tol * g["top_post"].clip(lower=0))).sum())
+        deeper = int(more_negative(g, neg_tol).sum())
         top_up = int((g["top_post"] > g["top_pre"]).sum())
         line = (f"  {method}: {n} updates over {g['run_id'].nunique()} runs; negative eigenvalues among the {k} smallest "
                 f"increased in {more}, decreased in {fewer}; the most negative eigenvalue grew in magnitude in "

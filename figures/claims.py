@@ -16,6 +16,8 @@ The engine has three parts.
   percentile bootstrap over runs (pairs resampled together), p-value from the bootstrap.
 - :func:`correlation_difference_test` (``"correlation_difference"``): tau(x1, y) - tau(x2, y) on the
   same runs (e.g. EGF against the gradient norm), both taus from each bootstrap resample of the runs.
+- :func:`bootstrap_test` (``"bootstrap"``): a statistic with bootstrap replicates computed elsewhere
+  (claim 5's ensemble gains of resampled runs), percentile interval and bootstrap p-value.
 - :func:`count_test` (``"binomial"``): k successes out of n trials (e.g. mask updates), one-sided exact
   binomial test against ``p0``, effect = k/n with its Clopper-Pearson interval; ``extra`` may carry a
   second effect with an interval (claim 6 reports the mean change of the smallest eigenvalue).
@@ -47,7 +49,6 @@ The Evci et al. and Tessera et al. rows live in :mod:`figures.evci_claims`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -167,7 +168,8 @@ def decide(p_value: float, lo: float, hi: float, threshold: float, direction: st
     return NOT_HELD if lo >= threshold else INCONCLUSIVE
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
+    """A number for the report: 3 significant digits with a sign; ∞ for infinite bounds."""
     if not np.isfinite(x):
         return "−∞" if x < 0 else ("∞" if x > 0 else "nan")
     return f"{x:+.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:+.2e}"
@@ -175,7 +177,7 @@ def _fmt(x: float) -> str:
 
 def key_text(name: str, effect: float, lo: float, hi: float, n: int) -> str:
     """The key number of a verdict: ``name = effect [lo, hi], n = n``."""
-    return f"{name} = {_fmt(effect)} [{_fmt(lo)}, {_fmt(hi)}], n = {n}"
+    return f"{name} = {fmt(effect)} [{fmt(lo)}, {fmt(hi)}], n = {n}"
 
 
 def _too_few(test: str, n: int, name: str, statistic: float = math.nan) -> Verdict:
@@ -328,11 +330,28 @@ def unpaired_test(a: Sequence[float], b: Sequence[float], direction: str = "grea
 
 
 # --- correlations ----------------------------------------------------------------------------
+def kendall_many(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row of ``x`` (B, n) with the same row of ``y``; NaN for a constant row.
+
+    tau-b = sum_ij sign(x_i - x_j) sign(y_i - y_j) / sqrt(sum_ij sign(x_i - x_j)^2 * sum_ij sign(y_i - y_j)^2),
+    vectorized over rows (in chunks), so a bootstrap of thousands of resamples costs little.
+    """
+    x, y = np.atleast_2d(x), np.atleast_2d(y)
+    out = np.empty(x.shape[0])
+    step = max(1, 4_000_000 // max(1, x.shape[1] ** 2))
+    for s in range(0, x.shape[0], step):
+        sx = np.sign(x[s:s + step, :, None] - x[s:s + step, None, :])
+        sy = np.sign(y[s:s + step, :, None] - y[s:s + step, None, :])
+        num = np.einsum("bij,bij->b", sx, sy)
+        den = np.sqrt(np.abs(sx).sum(axis=(1, 2)) * np.abs(sy).sum(axis=(1, 2)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[s:s + step] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
 def kendall(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's tau-b (NaN for a constant column)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(stats.kendalltau(x, y).statistic)
+    """Kendall's tau-b of two samples (NaN for a constant one)."""
+    return float(kendall_many(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))[0])
 
 
 def _bootstrap_p(boot: np.ndarray, threshold: float, direction: str) -> float:
@@ -347,7 +366,7 @@ def _boot_verdict(test: str, name: str, observed: float, boot: np.ndarray, n: in
     finite = boot[np.isfinite(boot)]
     if not np.isfinite(observed) or len(finite) < 0.5 * len(boot):
         return Verdict("", INCONCLUSIVE, observed, observed, math.nan, math.nan, n, test, math.nan,
-                       f"{name} = {_fmt(observed)}, n = {n}: undefined (constant values)", detail)
+                       f"{name} = {fmt(observed)}, n = {n}: undefined (constant values)", detail)
     lo, hi = (float(v) for v in np.quantile(finite, [alpha, 1 - alpha]))
     p = _bootstrap_p(boot, threshold, direction)
     verdict = decide(p, lo, hi, threshold, direction, alpha)
@@ -372,7 +391,7 @@ def correlation_test(x: Sequence[float], y: Sequence[float], direction: str = "g
     if n < 5:
         return _too_few(test, n, name)
     idx = _resamples(n, n_boot, seed)
-    boot = np.array([kendall(x[i], y[i]) for i in idx])
+    boot = kendall_many(x[idx], y[idx])
     return _boot_verdict(test, name, kendall(x, y), boot, n, direction, threshold, alpha)
 
 
@@ -388,10 +407,24 @@ def correlation_difference_test(x1: Sequence[float], x2: Sequence[float], y: Seq
     if n < 5:
         return _too_few(test, n, name)
     idx = _resamples(n, n_boot, seed)
-    boot = np.array([kendall(x1[i], y[i]) - kendall(x2[i], y[i]) for i in idx])
+    boot = kendall_many(x1[idx], y[idx]) - kendall_many(x2[idx], y[idx])
     t1, t2 = kendall(x1, y), kendall(x2, y)
     return _boot_verdict(test, name, t1 - t2, boot, n, direction, threshold, alpha,
-                         f"τ₁ = {_fmt(t1)}, τ₂ = {_fmt(t2)}")
+                         f"τ₁ = {fmt(t1)}, τ₂ = {fmt(t2)}")
+
+
+def bootstrap_test(observed: float, replicates: Sequence[float], direction: str = "greater", threshold: float = 0.0,
+                   alpha: float = ALPHA, n: int = 0, name: str = "Δ") -> Verdict:
+    """A statistic with bootstrap replicates computed elsewhere (e.g. ensemble gains of resampled runs).
+
+    Percentile interval at ``1 - 2 alpha`` and the one-sided bootstrap p-value; ``n`` is the number of
+    runs resampled (for the record). Fewer than 100 finite replicates is inconclusive.
+    """
+    boot = _clean(replicates)
+    test = "bootstrap over runs (percentile)"
+    if np.sum(np.isfinite(boot)) < 100:
+        return _too_few(test, n, name, float(observed))
+    return _boot_verdict(test, name, float(observed), boot, n, direction, threshold, alpha)
 
 
 # --- counts ----------------------------------------------------------------------------------
@@ -424,7 +457,7 @@ def count_test(k: int, n: int, direction: str = "greater", threshold: float = 0.
     if extra is not None:
         label, values = extra
         mean, elo, ehi = mean_interval(values, alpha)
-        detail = f"{label} = {_fmt(mean)} [{_fmt(elo)}, {_fmt(ehi)}]"
+        detail = f"{label} = {fmt(mean)} [{fmt(elo)}, {fmt(ehi)}]"
     verdict = decide(p, lo, hi, threshold, direction, alpha)
     return Verdict("", verdict, float(k), effect, lo, hi, n, test, p,
                    f"{k}/{n} = {effect:.2f} [{lo:.2f}, {hi:.2f}]", detail)
@@ -456,6 +489,7 @@ TESTS: dict[str, Callable[..., Verdict]] = {
     "mannwhitney": unpaired_test,
     "correlation": correlation_test,
     "correlation_difference": correlation_difference_test,
+    "bootstrap": bootstrap_test,
     "binomial": count_test,
 }
 

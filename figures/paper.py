@@ -1,6 +1,6 @@
 """Command line: the papers' figures and tables, and REPORT.md, from a runs directory.
 
-    python -m figures.paper runs/
+    python -m figures.paper runs/ [more runs directories: one column of the claims matrix each]
 
 Reads what the analysis CLIs wrote to ``<runs>/_analysis`` and runs any analysis that is missing
 (``--force`` reruns them all). Writes to ``<runs>/_figures`` as PNG and PDF:
@@ -13,11 +13,20 @@ Reads what the analysis CLIs wrote to ``<runs>/_analysis`` and runs any analysis
 - ``table1_ensemble.md/.csv``: ensembles and disagreement (Table 1);
 - ``table1_vs_paper.md/.csv``: the rows Table 1 shares with the paper, beside its ResNet-50/ImageNet numbers;
 - ``table_egf_correlation.md/.csv``: Tessera et al.'s comparison of gradient measures;
-- ``REPORT.md``: each claim with its numbers, whether it held at this scale, and its figure.
+- ``REPORT.md``: the claims × settings matrix (each cell a verdict with its key number), how each claim is
+  tested, and per setting each claim's statistic, interval, p-value and figure, with the tables and figures;
+- ``claims.csv``: one row per claim and setting (verdict, statistic, effect, interval, n, test, p-value);
+  ``claims_matrix.csv``: the matrix.
+
+Claims are data (:mod:`figures.claims`, rows in :mod:`figures.evci_claims`). With several runs directories
+each is a setting (named by its preset, else its directory): its analyses stay in ``<runs>/_analysis``,
+its figures go to ``<runs>/_figures`` (or ``<out>/<setting>/`` with ``--out``), and ``REPORT.md``,
+``claims.csv`` and ``claims_matrix.csv`` cover all settings in ``--out`` (default ``<first runs>/_figures``).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -25,26 +34,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from analysis.plotting import method_color, new_figure, save_figure
 from analysis.runs import select_runs
+from figures.claims import Claim, ClaimData, Verdict, evaluate_all, fmt, verdict_frame
+from figures.evci_claims import EVCI_CLAIMS
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv, atomic_write_text
 
 FORMATS = ("png", "pdf")
+CLAIMS: tuple[Claim, ...] = EVCI_CLAIMS
+TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank, paired, one-sided", "sign": "sign test, paired, one-sided",
+              "mannwhitney": "Mann-Whitney U, one-sided", "correlation": "Kendall τ, bootstrap over runs",
+              "correlation_difference": "difference of Kendall τ, bootstrap over runs",
+              "bootstrap": "bootstrap over runs", "binomial": "exact binomial sign test, one-sided"}
 FAMILY = ("lottery", "scratch", "scratch+", "rigl", "rigl+")
 
 
 # --- running the analyses ------------------------------------------------------------
+def _always(analysis_dir: Path) -> bool:
+    return True
+
+
+def _gradflow_current(analysis_dir: Path) -> bool:
+    """gradflow_runs.csv from before the 'spaced' aggregation (Tessera et al.'s 11 points) is stale."""
+    try:
+        head = pd.read_csv(analysis_dir / "gradflow_runs.csv", usecols=["aggregation"])
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return False
+    return "spaced" in set(head["aggregation"])
+
+
 @dataclass(frozen=True)
 class Step:
-    """An analysis: its module, the files it must leave, and its arguments."""
+    """An analysis: its module, the files it must leave, its arguments, and a check that they are current."""
 
     name: str
     outputs: tuple[str, ...]
     argv: Callable[[Path, Path, argparse.Namespace], list[str]]
+    current: Callable[[Path], bool] = _always
 
 
 def _hessian_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str]:
@@ -65,13 +94,14 @@ def _hessian_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str]:
 STEPS = (
     Step("signal", ("signal.csv",), lambda r, o, a: ["--model", a.model, "--sparsities", "0.5,0.8,0.9,0.95,0.98",
                                                      "--out", str(o), "--quiet"]),
-    Step("gradflow", ("gradflow_curves.csv", "gradflow_correlations.csv", "gradflow_claims.csv"),
-         lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
+    Step("gradflow", ("gradflow_curves.csv", "gradflow_runs.csv", "gradflow_correlations.csv", "gradflow_claims.csv"),
+         lambda r, o, a: [str(r), "--out", str(o), "--quiet"], _gradflow_current),
     Step("distances", ("distance_to_pruning.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
     Step("mds", ("mds.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
     Step("interpolate", ("interpolation.csv", "interpolation_summary.csv"),
          lambda r, o, a: [str(r), "--out", str(o), "--examples", str(a.interp_examples), "--quiet"]),
-    Step("ensemble", ("ensemble.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
+    Step("ensemble", ("ensemble.csv", "ensemble_runs.csv", "ensemble_bootstrap.csv"),
+         lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
     Step("hessian", ("hessian_updates.csv", "hessian.csv"), _hessian_argv),
 )
 
@@ -85,7 +115,7 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
     newest = max((p.stat().st_mtime for p in runs.glob("*/status.json")), default=0.0)
     for step in STEPS:
         outputs = [analysis_dir / f for f in step.outputs]
-        fresh = all(p.is_file() and p.stat().st_mtime >= newest for p in outputs)
+        fresh = all(p.is_file() and p.stat().st_mtime >= newest for p in outputs) and step.current(analysis_dir)
         if fresh and not args.force:
             continue
         module = importlib.import_module(f"analysis.{step.name}")
@@ -284,7 +314,8 @@ def table1_vs_paper(ens: pd.DataFrame, pruning_acc: float, here: str, out: Path)
 def egf_table(corr: pd.DataFrame, out: Path) -> pd.DataFrame:
     names = {"grad_norm_l1": "‖g‖₁", "grad_norm": "‖g‖₂", "egf1": "EGF₁", "egf2": "EGF₂",
              "egf2_per_weight": "EGF₂ per weight"}
-    d = corr[(corr["aggregation"] == "mean")]
+    # Tessera et al.'s aggregation: each measure averaged over 11 evenly spaced points of training
+    d = corr[(corr["aggregation"] == "spaced")]
     rows = []
     for group in ("sparse", "dense"):
         for measure, name in names.items():
@@ -311,122 +342,140 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- claims ----------------------------------------------------------------------------
+# --- claims, settings and the report -------------------------------------------------------------
 @dataclass
-class Claim:
-    number: int
-    text: str
-    numbers: str
-    held: bool | None
-    figure: str
+class Setting:
+    """One runs directory: its name (a column of the claims matrix), where it lives, what was measured."""
+
+    name: str
+    runs: Path
+    analysis: Path
+    out: Path
+    all_runs: list
+    verdicts: list[Verdict]
+    acc: pd.DataFrame
+    table: pd.DataFrame
+    vs_paper: pd.DataFrame | None
 
 
-def _mean(frame: pd.DataFrame, **where) -> float:
-    d = frame
-    for k, v in where.items():
-        d = d[d[k] == v]
-    return float(d.iloc[:, -1].mean()) if len(d) else float("nan")
+def setting_label(runs: Path, all_runs: list) -> str:
+    """A setting's column name: the preset recorded in the runs' config, else the directory's name, else
+    'model-dataset-sSPARSITY' when the directory has a generic name (runs, _figures, .)."""
+    presets = pd.Series([r.config.get("preset") for r in all_runs]).dropna()
+    if len(presets):
+        return str(presets.mode().iloc[0])
+    name = runs.resolve().name
+    if name and name not in ("runs", "_figures", "_analysis"):
+        return name
+    models = pd.Series([r.config.get("model", "?") for r in all_runs]).mode().iloc[0]
+    datasets = pd.Series([r.config.get("dataset", "?") for r in all_runs]).mode().iloc[0]
+    return f"{models}-{datasets}-s{max(r.sparsity for r in all_runs):g}"
 
 
-def claims(a: Path, preset_sparsity: float) -> list[Claim]:
-    out: list[Claim] = []
-    # (1) signal propagation
-    sig = read(a, "signal.csv")
-    g = sig[sig["input"] == "gaussian"].groupby(["init", "sparsity"])["output_std"].mean()
-    s_hi = min(sig["sparsity"].unique(), key=lambda s: abs(s - preset_sparsity))
-    ratio = {init: g[(init, s_hi)] / g[(init, 0.0)] for init in ("dense", "sparse") if (init, 0.0) in g}
-    held = ratio.get("dense", 1) < 0.5 and 0.5 <= ratio.get("sparse", 0) <= 2
-    out.append(Claim(1, "Sparse init keeps the output std near the dense network's; dense init lets it decay.",
-                     f"std at {s_hi:.0%} / std of the dense net (Gaussian input, {int(sig['repeat'].nunique())} repeats): "
-                     f"dense init {ratio.get('dense', float('nan')):.3f}, sparse init {ratio.get('sparse', float('nan')):.3f}",
-                     held, "fig3_signal.png"))
-    # (2) gradient flow
-    cl = read(a, "gradflow_claims.csv")
-    parts = [f"{r.method_a} {r.relation} {r.method_b} ({r.window}): {r.mean_a:.3g} vs {r.mean_b:.3g} "
-             f"[{r.a_larger}/{r.n_pairs} seeds larger] → {'yes' if r.holds else 'no'}" for r in cl.itertuples()]
-    out.append(Claim(2, "Early in training scratch+ has a larger gradient norm than scratch; RigL keeps a larger one "
-                     "than scratch; lottery tickets do not have a larger one than scratch.",
-                     "; ".join(parts), bool(cl["holds"].all()), "fig4_gradient_norm.png"))
-    # (3) distances
-    dist = read(a, "distance_to_pruning.csv")
-    dist = dist[dist["pruning_run"].notna()]
-
-    def dmean(method, kind):
-        d = dist[(dist["method"] == method) & (dist["kind"] == kind)]
-        return float(d["distance"].mean()), float(d["distance"].std()), len(d)
-
-    ls, ss, le, se = dmean("lottery", "start"), dmean("scratch", "start"), dmean("lottery", "end"), dmean("scratch", "end")
-    held = ls[0] < ss[0] and le[0] < 0.5 * se[0]
-    out.append(Claim(3, "Lottery-start is closer in L2 to the pruning solution than scratch-start, and lottery-end "
-                     "much closer (< half) than scratch-end.",
-                     f"start: lottery {ls[0]:.2f} ± {ls[1]:.2f} vs scratch {ss[0]:.2f} ± {ss[1]:.2f}; end: lottery "
-                     f"{le[0]:.2f} ± {le[1]:.2f} vs scratch {se[0]:.2f} ± {se[1]:.2f} (n={le[2]} seeds)",
-                     held, "fig6_mds.png"))
-    # (4) interpolation barriers
-    summ = read(a, "interpolation_summary.csv")
-    ends = summ[(summ["path"] == "end->pruning solution") & (summ["method"].isin(FAMILY))]
-    bar = ends.groupby("method")["barrier"].agg(["mean", "std", "count"])
-    lb, sb = bar.loc["lottery", "mean"] if "lottery" in bar.index else np.nan, \
-        bar.loc["scratch", "mean"] if "scratch" in bar.index else np.nan
-    held = bool(lb < 0.25 * sb and sb > 0.05)
-    parts = [f"{m}: {r['mean']:.3f} ± {0 if pd.isna(r['std']) else r['std']:.3f}" for m, r in bar.iterrows()]
-    out.append(Claim(4, "The loss along lottery-end → pruning solution has no barrier while scratch-end → pruning "
-                     "solution has one (criterion: lottery barrier < ¼ of scratch's, scratch's > 0.05 nats).",
-                     "barrier (max over α∈[0,1] of the training loss above the straight line, nats): " + "; ".join(parts),
-                     held, "fig7_interpolation.png"))
-    # (5) ensembles
-    ens = read(a, "ensemble.csv").set_index("group")
-    dp = ens["disagreement_pruned_mean"]
-    gain = ens["ensemble_acc"] - ens["test_acc_mean"]
-    held = bool(dp.get("lottery", np.nan) < dp.get("pruning solutions", np.nan) < dp.get("scratch", np.nan)
-                and gain.idxmin() == "lottery")
-    out.append(Claim(5, "Disagreement with the pruning solution: lottery < different pruning solutions < scratch; "
-                     "the ensemble gain of lottery tickets is the smallest.",
-                     "disagreement w/ pruned: " + ", ".join(f"{g} {v:.4f}" for g, v in dp.items()) +
-                     "; ensemble gain (pp): " + ", ".join(f"{g} {100 * v:+.2f}" for g, v in gain.items()),
-                     held, "table1_ensemble.md"))
-    # (6) Hessian around RigL updates
-    upd = read(a, "hessian_updates.csv")
-    more_neg = (upd["n_negative_post"] > upd["n_negative_pre"]) | (upd["min_post"] < upd["min_pre"])
-    frac = float(more_neg.mean()) if len(upd) else float("nan")
-    out.append(Claim(6, "RigL mask updates add negative Hessian eigenvalues.",
-                     f"{int(more_neg.sum())}/{len(upd)} updates made the smallest eigenvalue more negative or added "
-                     f"negative eigenvalues; mean smallest eigenvalue pre {upd['min_pre'].mean():.4g}, post "
-                     f"{upd['min_post'].mean():.4g}", bool(frac > 0.5), "fig_hessian_rigl.png"))
-    # (7) EGF vs gradient norm
-    corr = read(a, "gradflow_correlations.csv")
-    d = corr[(corr["group"] == "sparse") & (corr["aggregation"] == "mean") & corr["target"].str.contains("acc")]
-    tau = d.set_index("measure")["kendall_tau"]
-    best_egf = max(abs(tau.get("egf1", np.nan)), abs(tau.get("egf2", np.nan)))
-    held = bool(best_egf >= abs(tau.get("grad_norm", np.nan)))
-    out.append(Claim(7, "EGF correlates with test performance at least as well as the plain gradient norm "
-                     "(sparse runs; |Kendall τ| with final test accuracy; measures averaged over training).",
-                     ", ".join(f"{m} τ={tau[m]:+.3f}" for m in ("grad_norm_l1", "grad_norm", "egf1", "egf2") if m in tau)
-                     + f" (n={int(d['n_runs'].max()) if len(d) else 0} sparse runs)", held,
-                     "table_egf_correlation.md"))
+def unique_names(names: list[str]) -> list[str]:
+    """The names with '-2', '-3', ... added to repeats, so every column of the matrix is distinct."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
     return out
 
 
-def report(runs: Path, figures: Path, claim_list: list[Claim], table: pd.DataFrame, acc: pd.DataFrame,
-           vs_paper: pd.DataFrame | None = None) -> str:
-    lines = ["# Report: gradient flow and solution geometry of sparse networks", "",
-             f"Generated by `python -m figures.paper {runs}` on {time.strftime('%Y-%m-%d %H:%M')}. "
-             "Every number below is computed from the CSV files in `../_analysis/`, which the analysis CLIs "
-             "computed from the runs in this directory. Nothing is tuned per method.", "",
-             "## Claims", "", "| # | claim | measured | held here? | figure |", "|---|---|---|---|---|"]
-    for c in claim_list:
-        verdict = "yes" if c.held else ("no" if c.held is not None else "n/a")
-        lines.append(f"| {c.number} | {c.text} | {c.numbers} | **{verdict}** | [{c.figure}]({c.figure}) |")
-    lines += ["", "## Final test accuracy by method", "", markdown(acc), "",
-              "## Table 1: ensembles and disagreement (test split)", "", markdown(table), ""]
-    if vs_paper is not None:
-        lines += ["## Table 1 beside the paper's ImageNet numbers", "",
-                  "Evci et al.'s Table 1 (sparse ResNet-50 on ImageNet) and the same rows measured here. "
-                  "The scales differ; compare the orderings: the lottery tickets' disagreement with their "
-                  "pruning solution against the other pruning solutions' and scratch's, and the ensemble gains.",
-                  "", markdown(vs_paper), ""]
-    lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in sorted(figures.glob("*.png"))]
-    return "\n".join(lines) + "\n"
+def cell(v: Verdict) -> str:
+    """A matrix cell: the verdict and its key number (effect and interval, or k/n for counts)."""
+    if v.n == 0:
+        return f"{v.verdict} (no data)"
+    if v.test.startswith("exact binomial"):
+        number = f"{int(v.statistic)}/{v.n} [{v.ci_low:.2f}, {v.ci_high:.2f}]"
+    elif math.isnan(v.ci_low):
+        number = f"n = {v.n}"
+    else:
+        number = f"{fmt(v.effect)} [{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
+    return f"**{v.verdict}** {number}"
+
+
+def claims_matrix(settings: list[Setting], table: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
+    """Claims × settings: each cell a verdict with its key number."""
+    frame = pd.DataFrame({"claim": [c.id for c in table], "statement": [c.statement for c in table]})
+    for s in settings:
+        by_id = {v.claim: v for v in s.verdicts}
+        frame[s.name] = [cell(by_id[c.id]) for c in table]
+    return frame
+
+
+@dataclass
+class Report:
+    """What the REPORT.md sections are made from."""
+
+    command: str
+    out: Path
+    settings: list[Setting]
+    claims: tuple[Claim, ...] = CLAIMS
+
+
+def section_header(rep: Report) -> list[str]:
+    return ["# Report: gradient flow and solution geometry of sparse networks", "",
+            f"Generated by `{rep.command}` on {time.strftime('%Y-%m-%d %H:%M')}. Every number below is computed "
+            "from the CSV files the analysis CLIs wrote into each runs directory's `_analysis/`. Nothing is tuned "
+            "per method.", ""]
+
+
+def section_matrix(rep: Report) -> list[str]:
+    return ["## Claims across settings", "",
+            "Each cell: the verdict and its key number, the effect with its 90% interval (each bound a one-sided "
+            "95% bound, matching the one-sided test at α = 0.05). **held**: p < 0.05 and the interval on the "
+            "claimed side of the threshold; **not held**: the interval on the other side; **inconclusive**: "
+            "the interval covers the threshold, or too few samples. Intervals come from the spread between "
+            "seeds (runs, updates), so float noise between machines cannot flip a clear verdict.", "",
+            markdown(claims_matrix(rep.settings, rep.claims)), ""]
+
+
+def section_tests(rep: Report) -> list[str]:
+    frame = pd.DataFrame([{"claim": c.id, "paper": c.paper, "measure": c.measure, "source": c.source,
+                           "comparison": c.comparison, "test": TEST_NAMES[c.test],
+                           "claimed side": f"{'>' if c.direction == 'greater' else '<'} {c.threshold:.3g}"}
+                          for c in rep.claims])
+    return ["## How each claim is tested", "", markdown(frame), ""]
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def section_settings(rep: Report) -> list[str]:
+    lines: list[str] = []
+    by_id = {c.id: c for c in rep.claims}
+    for s in rep.settings:
+        fig = "" if s.out == rep.out else _rel(s.out, rep.out) + "/"
+        rows = [{"claim": v.claim, "verdict": f"**{v.verdict}**", "key number": v.key,
+                 "p": "–" if math.isnan(v.p_value) else f"{v.p_value:.3g}", "test": v.test, "detail": v.detail,
+                 "figure": f"[{by_id[v.claim].figure}]({fig}{by_id[v.claim].figure})"} for v in s.verdicts]
+        lines += [f"## Setting {s.name} ({setting_name(s.all_runs)}, `{s.runs}`)", "",
+                  "### Claims", "", markdown(pd.DataFrame(rows)), "",
+                  "### Final test accuracy by method", "", markdown(s.acc), "",
+                  "### Table 1: ensembles and disagreement (test split)", "", markdown(s.table), ""]
+        if s.vs_paper is not None:
+            lines += ["### Table 1 beside the paper's ImageNet numbers", "",
+                      "Evci et al.'s Table 1 (sparse ResNet-50 on ImageNet) and the same rows measured here. "
+                      "The scales differ; compare the orderings: the lottery tickets' disagreement with their "
+                      "pruning solution against the other pruning solutions' and scratch's, and the ensemble gains.",
+                      "", markdown(s.vs_paper), ""]
+        lines += ["### Figures", ""] + [f"![{p.stem}]({fig}{p.name})" for p in sorted(s.out.glob("*.png"))] + [""]
+    return lines
+
+
+# The report is these sections in order; a new section is a function Report -> lines added here.
+REPORT_SECTIONS: list[Callable[[Report], list[str]]] = [section_header, section_matrix, section_tests,
+                                                        section_settings]
+
+
+def report(rep: Report) -> str:
+    """REPORT.md: every section of REPORT_SECTIONS in order."""
+    return "\n".join(line for section in REPORT_SECTIONS for line in section(rep)) + "\n"
 
 
 def pruning_solution_acc(ens: pd.DataFrame, all_runs: list) -> float:
@@ -457,9 +506,12 @@ def accuracy_by_method(rs: list) -> pd.DataFrame:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m figures.paper", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", help="runs directory (e.g. from the paper-lenet5 preset)")
-    p.add_argument("--out", default=None, help="output directory (default: <runs>/_figures)")
-    p.add_argument("--analysis-dir", default=None, help="where analyses are read/written (default: <runs>/_analysis)")
+    p.add_argument("runs", nargs="+", help="runs directories (e.g. from the paper-lenet5 preset); "
+                                           "each is one setting, a column of the claims matrix")
+    p.add_argument("--out", default=None, help="output directory (default: <first runs>/_figures); with several "
+                                               "runs directories each setting's figures go to <out>/<setting>/")
+    p.add_argument("--analysis-dir", default=None,
+                   help="where analyses are read/written (default: <runs>/_analysis; one runs directory only)")
     p.add_argument("--force", action="store_true", help="rerun every analysis")
     p.add_argument("--model", default=None, help="model for the signal-propagation figure (default: the runs')")
     p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
@@ -470,41 +522,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    runs = Path(args.runs)
+def _mkdir(d: Path) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to {d} ({exc.strerror or exc}).") from None
+
+
+def build_setting(name: str, runs: Path, analysis_dir: Path, out: Path, args: argparse.Namespace) -> Setting:
+    """Analyses (those missing), figures, tables and claim verdicts of one runs directory."""
     all_runs = select_runs(runs, warn=False)
-    args.model = args.model or all_runs[0].config.get("model", "lenet5")
-    sparsity = max(r.sparsity for r in all_runs)
-    analysis_dir = Path(args.analysis_dir) if args.analysis_dir else runs / "_analysis"
-    out = Path(args.out) if args.out else runs / "_figures"
+    setting_args = argparse.Namespace(**vars(args))
+    setting_args.model = args.model or all_runs[0].config.get("model", "lenet5")
     for d in (analysis_dir, out):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot write to {d} ({exc.strerror or exc}).") from None
-    run_missing_analyses(runs, analysis_dir, args)
-    written: list[Path] = []
-    written += fig_signal(read(analysis_dir, "signal.csv"), out)
-    written += fig_gradnorm(read(analysis_dir, "gradflow_curves.csv"), out)
-    written += fig_mds(read(analysis_dir, "mds.csv"), out)
-    written += fig_interp(read(analysis_dir, "interpolation.csv"), out)
-    written += fig_hessian(read(analysis_dir, "hessian_updates.csv"), out)
+        _mkdir(d)
+    run_missing_analyses(runs, analysis_dir, setting_args)
+    fig_signal(read(analysis_dir, "signal.csv"), out)
+    fig_gradnorm(read(analysis_dir, "gradflow_curves.csv"), out)
+    fig_mds(read(analysis_dir, "mds.csv"), out)
+    fig_interp(read(analysis_dir, "interpolation.csv"), out)
+    fig_hessian(read(analysis_dir, "hessian_updates.csv"), out)
     ens = read(analysis_dir, "ensemble.csv")
     table = table1(ens, out)
     vs_paper = table1_vs_paper(ens, pruning_solution_acc(ens, all_runs), setting_name(all_runs), out)
     egf_table(read(analysis_dir, "gradflow_correlations.csv"), out)
-    claim_list = claims(analysis_dir, sparsity)
-    acc = accuracy_by_method(all_runs)
-    atomic_write_text(out / "REPORT.md", report(runs, out, claim_list, table, acc, vs_paper))
-    claim_frame = pd.DataFrame([{"claim": c.number, "held": c.held, "measured": c.numbers, "figure": c.figure}
-                                for c in claim_list])
-    atomic_write_csv(out / "claims.csv", claim_frame)
-    print(f"wrote {len(written)} figure files, 3 tables, claims.csv and REPORT.md to {out}")
+    verdicts = evaluate_all(CLAIMS, ClaimData(runs, analysis_dir))
+    return Setting(name, runs, analysis_dir, out, all_runs, verdicts, accuracy_by_method(all_runs), table, vs_paper)
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dirs = [Path(r) for r in args.runs]
+    if len(dirs) > 1 and args.analysis_dir:
+        raise UserError("--analysis-dir applies to one runs directory; with several, each uses its own _analysis.")
+    pools = [select_runs(d, warn=False) for d in dirs]  # every directory is checked before anything is written
+    names = unique_names([setting_label(d, p) for d, p in zip(dirs, pools)])
+    out = Path(args.out) if args.out else dirs[0] / "_figures"
+    settings = []
+    for name, runs in zip(names, dirs):
+        analysis_dir = Path(args.analysis_dir) if args.analysis_dir else runs / "_analysis"
+        setting_out = out if len(dirs) == 1 else (out / name if args.out else runs / "_figures")
+        if len(dirs) > 1 and not args.quiet:
+            print(f"[figures.paper] setting {name}: {runs}", flush=True)
+        settings.append(build_setting(name, runs, analysis_dir, setting_out, args))
+    _mkdir(out)
+    command = "python -m figures.paper " + " ".join(str(d) for d in dirs)
+    verdicts = pd.concat([verdict_frame(CLAIMS, s.verdicts, s.name) for s in settings], ignore_index=True)
+    atomic_write_csv(out / "claims.csv", verdicts)
+    matrix = claims_matrix(settings)
+    atomic_write_csv(out / "claims_matrix.csv", matrix)
+    atomic_write_text(out / "REPORT.md", report(Report(command, out, settings)))
+    for s in settings:
+        print(f"{s.name}: figures and tables in {s.out}")
+    print(f"wrote claims.csv, claims_matrix.csv and REPORT.md to {out}")
     print(f"report: {out / 'REPORT.md'}\n")
-    for c in claim_list:
-        print(f"  claim {c.number}: {'HELD' if c.held else 'NOT HELD'}  {c.numbers[:150]}")
+    print(matrix.drop(columns=["statement"]).to_string(index=False))
     return 0
 
 

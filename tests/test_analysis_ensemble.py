@@ -45,6 +45,18 @@ def test_ensemble_stats_leaves_the_reference_out_of_its_own_disagreement():
     assert s["disagreement_ref_std"] == pytest.approx(np.std([0.75, 0.5], ddof=1))
 
 
+def test_ensemble_gain_by_hand():
+    stack = np.stack(list(PROBS.values()))
+    s = ensemble_stats(PROBS, LABELS)
+    assert ensemble.ensemble_gain(stack, LABELS, [0, 1, 2]) == pytest.approx(s["ensemble_acc"] - s["acc_mean"])
+    assert ensemble.ensemble_gain(stack, LABELS, [2, 2, 2]) == pytest.approx(0.0)  # one run repeated gains nothing
+    # a and a and c: mean probabilities -> [0, 1, 2, 0] (acc 3/4); members 3/4, 3/4, 2/4
+    assert ensemble.ensemble_gain(stack, LABELS, [0, 0, 2]) == pytest.approx(0.75 - 2 / 3)
+    gains = ensemble.bootstrap_gains(stack, LABELS, replicates=50)
+    assert len(gains) == 50 and (gains == ensemble.bootstrap_gains(stack, LABELS, replicates=50)).all()
+    assert ensemble.bootstrap_gains(stack[:1], LABELS, replicates=5).tolist() == [0.0] * 5
+
+
 def test_ensemble_stats_of_one_run():
     s = ensemble_stats({"a": PROBS["a"]}, LABELS)
     assert s["acc_mean"] == s["ensemble_acc"] == pytest.approx(0.75)
@@ -58,6 +70,15 @@ def test_cli_writes_table_one(smoke_runs, tmp_path, capsys):
     frame = pd.read_csv(out / "ensemble.csv")
     assert list(frame.columns) == ensemble.ENSEMBLE_COLUMNS
     assert list(frame["group"]) == ["lottery", "scratch", "scratch+", "rigl", "rigl+", "pruning solutions"]
+    # the per-run table averages to the group table
+    per_run = pd.read_csv(out / "ensemble_runs.csv")
+    means = per_run.groupby("group")[["test_acc", "disagreement_pruned"]].mean()
+    for _, row in frame.iterrows():
+        assert means.loc[row["group"], "test_acc"] == pytest.approx(row["test_acc_mean"])
+        if not math.isnan(row["disagreement_pruned_mean"]):
+            assert means.loc[row["group"], "disagreement_pruned"] == pytest.approx(row["disagreement_pruned_mean"])
+    boot = pd.read_csv(out / "ensemble_bootstrap.csv")
+    assert (boot.groupby("group")["replicate"].count() == ensemble.BOOT_REPLICATES).all()
     assert (frame["n_runs"] == 2).all()
     assert (frame["pruning_run"] == "mlp-digits-s0.9-prune-seed0").all()
     for col in ("test_acc_mean", "ensemble_acc", "disagreement_mean", "disagreement_pruned_mean"):

@@ -74,8 +74,12 @@ def test_per_run_aggregates_by_hand(outputs):
         assert mine.loc["early", "value"] == pytest.approx(early["egf1"].mean())
         assert mine["final_test_acc"].iloc[0] == pytest.approx(m["test_acc"].iloc[-1])
         assert mine["final_test_loss"].iloc[0] == pytest.approx(m["test_loss"].iloc[-1])
+        # 11 evenly spaced points of training, each the nearest logged row
+        total = int(m["total"].iloc[0])
+        nearest = [m.iloc[(m["step"] - t).abs().argmin()]["egf1"] for t in np.linspace(0, total, 11)]
+        assert mine.loc["spaced", "value"] == pytest.approx(np.mean(nearest))
     groups = per_run.groupby("group")["run_id"].nunique()
-    assert groups["dense"] == 2 and groups["sparse"] == 12  # prune runs count as sparse
+    assert groups["dense"] == 2 and groups["sparse"] == 10 and groups["prune"] == 2  # prune runs apart
 
 
 def test_correlations_equal_scipy_on_the_per_run_table(outputs):
@@ -93,7 +97,7 @@ def test_correlations_equal_scipy_on_the_per_run_table(outputs):
                 sr = stats.spearmanr(s["value"], s[f"final_{target}"])
                 row = corr[(corr["group"] == "sparse") & (corr["measure"] == measure)
                            & (corr["aggregation"] == agg) & (corr["target"] == target)].iloc[0]
-                assert row["n_runs"] == 12
+                assert row["n_runs"] == 10
                 assert row["kendall_tau"] == pytest.approx(kt.statistic)
                 assert row["kendall_p"] == pytest.approx(kt.pvalue)
                 assert row["spearman_rho"] == pytest.approx(sr.statistic)

@@ -1,17 +1,20 @@
-"""figures.paper on a smoke-preset runs directory: every output exists, is non-empty, and every claim has numbers."""
+"""figures.paper on a smoke-preset runs directory: every output exists, every claim has a verdict with its
+statistics, several runs directories make a claims x settings matrix."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from analysis.runs import select_runs
-from figures.paper import PAPER_SOURCE, PAPER_TABLE1, TABLE1_COLUMNS, main
+from figures.claims import VERDICT_COLUMNS
+from figures.paper import CLAIMS, PAPER_SOURCE, PAPER_TABLE1, TABLE1_COLUMNS, main
 
 FIGURES = ["fig3_signal", "fig4_gradient_norm", "fig6_mds", "fig7_interpolation", "fig_hessian_rigl"]
 TABLES = ["table1_ensemble.md", "table1_ensemble.csv", "table1_vs_paper.md", "table1_vs_paper.csv",
-          "table_egf_correlation.md", "table_egf_correlation.csv", "claims.csv", "REPORT.md"]
+          "table_egf_correlation.md", "table_egf_correlation.csv", "claims.csv", "claims_matrix.csv", "REPORT.md"]
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +36,62 @@ def test_every_output_exists_and_is_non_empty(figures_dir):
         assert (figures_dir / name).stat().st_size > 50, name
 
 
-def test_every_claim_row_carries_numbers(figures_dir):
+def test_every_claim_has_a_verdict_with_its_statistics(figures_dir):
     claims = pd.read_csv(figures_dir / "claims.csv")
-    assert list(claims["claim"]) == [1, 2, 3, 4, 5, 6, 7]
-    for text in claims["measured"]:
-        numbers = re.findall(r"[-+]?\d+\.\d+", text)
-        assert len(numbers) >= 2, text
-        assert "nan" not in text.lower(), text
+    assert list(claims["claim"].astype(str)) == [c.id for c in CLAIMS]
+    assert list(claims.columns) == VERDICT_COLUMNS
+    assert set(claims["verdict"]) <= {"held", "not held", "inconclusive"}
+    measured = claims[claims["n"] > 0]
+    assert len(measured) >= 15  # the smoke preset has every method the claims compare
+    for _, row in measured.iterrows():
+        assert row["test"] and len(re.findall(r"[-+]?\d+\.?\d*", row["key"])) >= 2, row["key"]
+        if row["verdict"] == "held":  # held means p < 0.05 and the interval on the claimed side
+            assert row["p_value"] < 0.05
+            side = row["ci_low"] > row["threshold"] if row["direction"] == "greater" else row["ci_high"] < row["threshold"]
+            assert side, row
     report = (figures_dir / "REPORT.md").read_text()
-    assert report.count("| **yes** |") + report.count("| **no** |") == 7
+    assert "## Claims across settings" in report and "## How each claim is tested" in report
+    matrix = pd.read_csv(figures_dir / "claims_matrix.csv")
+    setting = matrix.columns[-1]
+    for _, row in claims.iterrows():  # the matrix cell says the verdict of claims.csv
+        cell = matrix.loc[matrix["claim"].astype(str) == str(row["claim"]), setting].iloc[0]
+        assert cell.startswith(f"**{row['verdict']}**") or cell.startswith(row["verdict"])
+        assert cell in report
     for stem in FIGURES:
         assert f"{stem}.png" in report
+
+
+def test_several_runs_directories_make_a_matrix(figures_dir, tmp_path):
+    import shutil
+
+    runs = figures_dir.parent
+    other = tmp_path / "second"
+    shutil.copytree(runs, other)
+    out = tmp_path / "out"
+    assert main([str(runs), str(other), "--out", str(out), "--quiet"]) == 0
+    matrix = pd.read_csv(out / "claims_matrix.csv")
+    assert list(matrix.columns) == ["claim", "statement", "runs", "second"]
+    # the same runs give the same verdicts in both columns
+    assert (matrix["runs"] == matrix["second"]).all()
+    claims = pd.read_csv(out / "claims.csv")
+    assert sorted(set(claims["setting"])) == ["runs", "second"] and len(claims) == 2 * len(CLAIMS)
+    for name in ("runs", "second"):
+        assert (out / name / "fig3_signal.png").is_file()
+    assert "](runs/fig3_signal.png)" in (out / "REPORT.md").read_text()
+
+
+def test_setting_names():
+    from figures.paper import setting_label, unique_names
+
+    class R:
+        def __init__(self, config):
+            self.config, self.sparsity = config, config.get("sparsity", 0.9)
+
+    assert setting_label(Path("/x/paper-mlp"), [R({"model": "mlp"})]) == "paper-mlp"
+    assert setting_label(Path("/x/runs"), [R({"model": "lenet5", "dataset": "mnist", "sparsity": 0.95})]) == \
+        "lenet5-mnist-s0.95"
+    assert setting_label(Path("/x/runs"), [R({"preset": "evci-lenet5"})]) == "evci-lenet5"
+    assert unique_names(["a", "b", "a"]) == ["a", "b", "a-2"]
 
 
 def test_table1_matches_ensemble_analysis(figures_dir):
