@@ -215,30 +215,6 @@ def correlations(per_run: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CORR_COLUMNS)
 
 
-def evenly_spaced_values(rows: pd.DataFrame, total_steps: int, measures: Sequence[str] = MEASURES,
-                         points: int = 11) -> pd.DataFrame:
-    """Each measure at ``points`` evenly spaced steps ``round(k T / (points - 1))`` of a run's train rows
-    (Tessera et al. average gradient flow over 11 such points of training).
-
-    A step with a logged row takes its value; any other is linearly interpolated between the nearest
-    logged steps (runs trained with ``--log-points 10`` have all eleven; ``interpolated`` says which
-    were not). Columns: point, step, fraction (of training), interpolated, then the measures.
-    """
-    if points < 2:
-        raise ValueError("points must be at least 2.")
-    rows = rows.sort_values("step").drop_duplicates("step", keep="last")
-    logged = rows["step"].to_numpy(dtype=float)
-    if len(logged) == 0:
-        raise UserError("a run has no metrics rows to take gradient flow from.")
-    steps = np.array([round(k * total_steps / (points - 1)) for k in range(points)], dtype=float)
-    out = pd.DataFrame({"point": np.arange(points), "step": steps.astype(int),
-                        "fraction": np.linspace(0.0, 1.0, points), "interpolated": ~np.isin(steps, logged)})
-    for m in measures:
-        if m in rows:
-            out[m] = np.interp(steps, logged, rows[m].to_numpy(dtype=float))
-    return out
-
-
 # --- claims -----------------------------------------------------------------------------------
 def claims(per_run: pd.DataFrame, measure: str = "grad_norm") -> pd.DataFrame:
     """Evci et al.'s gradient-flow claims, checked on the per-run aggregates (see the module docstring)."""

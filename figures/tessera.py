@@ -7,8 +7,9 @@ Reads the dense-narrow / sparse-wide pairs that the ``tessera-fmnist`` preset (o
 whose other settings and seed agree. A *cell* is what a pair varies: optimizer, regularization (none,
 L2, augmentation, skip connections, BatchNorm, and BatchNorm with each), activation, depth and the dense
 width as a fraction of the sparse-wide width. Gradient flow is taken as Tessera et al. take it: ‖g‖₁,
-‖g‖₂, EGF₁ and EGF₂ of each run at 11 evenly spaced points of training
-(:func:`analysis.gradflow.evenly_spaced_values`), averaged.
+‖g‖₂, EGF₁ and EGF₂ of each run at 11 evenly spaced points of training, averaged: the logged rows
+nearest to steps 0, T/10, ..., T (:func:`analysis.gradflow.spaced_rows`); the presets log exactly there
+(``--log-points 10``), and ``n_off_grid`` counts the points whose row lies off its step.
 
 The three designed slices are found from the cells present: the optimizer x regularization table is
 at the most common (activation, depth, fraction); the activation x optimizer table at that depth and
@@ -18,7 +19,7 @@ the base activation and regularization and the most common optimizer of the othe
 Writes to ``<runs>/_figures/tessera`` (or ``--out``):
 
 - ``tessera_runs.csv`` (one row per run: cell, seed, network, final test accuracy and loss, the four
-  measures averaged over the 11 points, how many were interpolated), ``tessera_curves.csv`` (one row
+  measures averaged over the 11 points, how many rows lay off their point), ``tessera_curves.csv`` (one row
   per run, point and measure) and ``tessera_pairs.csv`` (one row per pair);
 - ``tessera_pvalues.csv/.md``: one-sided p-values of "sparse > dense" (Wilcoxon signed-rank over
   seeds, exact) per optimizer x regularization, in the paper's layout (optimizers as rows);
@@ -43,7 +44,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis.gradflow import evenly_spaced_values, train_rows
+from analysis.gradflow import SPACED_POINTS, spaced_rows, train_rows
 from analysis.plotting import new_figure, save_figure
 from analysis.runs import select_runs
 from sparse_training.config import TrainConfig
@@ -56,7 +57,7 @@ from . import claims as engine
 MEASURES = ("grad_norm_l1", "grad_norm", "egf1", "egf2")
 MEASURE_NAMES = {"grad_norm_l1": "‖g‖₁", "grad_norm": "‖g‖₂", "egf1": "EGF₁", "egf2": "EGF₂"}
 TARGETS = {"test_loss": "test loss", "test_acc": "test accuracy"}
-POINTS = 11
+POINTS = SPACED_POINTS  # Tessera et al.: 11 evenly spaced points of training
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam", "adamw", "rmsprop")
 EWMA = ("adam", "adamw", "rmsprop")  # optimizers with exponentially weighted moving averages of g²
 ACTIVATIONS = ("relu", "prelu", "elu", "swish", "srelu", "sigmoid", "tanh")
@@ -102,16 +103,19 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
         if m.empty:
             continue
         total = int(c.get("total_steps") or m["step"].max())
-        pts = evenly_spaced_values(m, total, MEASURES, POINTS)
+        pts = m.iloc[spaced_rows(m["step"], total, POINTS)].reset_index(drop=True)
+        pts["point"] = np.arange(POINTS)
+        pts["fraction"] = np.linspace(0.0, 1.0, POINTS)
+        pts["off_grid"] = np.abs(pts["step"].to_numpy(float) - np.linspace(0.0, total, POINTS)) > 0.5
         last = m.iloc[-1]
         cell = {"optimizer": c["optimizer"], "regularization": regularization_of(c),
                 "activation": c.get("activation", "relu"), "depth": int(c.get("depth", 0)),
                 "fraction": float(c["match_width"] if network_of(c) == "sparse" else c.get("width", 1.0))}
         row = {"run_id": run.run_id, "network": network_of(c), "dataset": c.get("dataset"), **cell, "seed": run.seed,
                "pair_key": pair_key(c), "test_acc": float(last["test_acc"]), "test_loss": float(last["test_loss"]),
-               **{k: float(pts[k].mean()) for k in MEASURES if k in pts}, "n_interpolated": int(pts["interpolated"].sum())}
+               **{k: float(pts[k].mean()) for k in MEASURES if k in pts}, "n_off_grid": int(pts["off_grid"].sum())}
         rows.append(row)
-        long = pts.melt(id_vars=["point", "step", "fraction", "interpolated"],
+        long = pts.melt(id_vars=["point", "step", "fraction", "off_grid"],
                         value_vars=[k for k in MEASURES if k in pts], var_name="measure", value_name="value")
         long = long.rename(columns={"fraction": "training_fraction"})
         for k in ("run_id", "network", *CELL, "seed"):
@@ -126,7 +130,7 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
                         "runs directory of one study.")
     cols = ["run_id", "network", *CELL, "seed"]
     curve = pd.concat(curves, ignore_index=True)
-    curve = curve[cols + ["point", "step", "training_fraction", "interpolated", "measure", "value"]]
+    curve = curve[cols + ["point", "step", "training_fraction", "off_grid", "measure", "value"]]
     return pd.DataFrame(rows), curve
 
 
@@ -460,13 +464,14 @@ def report(root: Path, runs: pd.DataFrame, pairs: pd.DataFrame, base: dict, verd
     """REPORT.md: design covered, the claims with their tests and verdicts, the tables and figures."""
     cells = pairs[CELL].drop_duplicates()
     seeds = pairs.groupby(CELL)["seed"].nunique()
-    interp = int((runs["n_interpolated"] > 0).sum())
+    off = int((runs["n_off_grid"] > 0).sum())
     lines = ["# Report: Tessera et al., same-capacity sparse vs dense (SC-SDC)", "",
              f"Generated by `python -m figures.tessera {root}` on {time.strftime('%Y-%m-%d %H:%M')} from "
              f"{len(runs)} runs: {len(pairs)} dense-narrow / sparse-wide pairs in {len(cells)} cells, "
              f"{seeds.min()}{'' if seeds.min() == seeds.max() else f'–{seeds.max()}'} seeds per cell. Base cell: {base}. Gradient measures are averaged "
              f"over {POINTS} evenly spaced points of training "
-             + ("(all logged)." if interp == 0 else f"({interp} runs had points interpolated between logged rows)."),
+             + ("(each logged exactly)." if off == 0 else
+                f"(the nearest logged rows; in {off} runs some lay off their point: log with --log-points 10)."),
              "", "## Claims", "",
              "Judged by the claims engine (`figures/claims.py`): held needs p < 0.05 and the "
              f"{100 * (1 - 2 * engine.ALPHA):.0f}% interval on the claimed side; not held needs the interval on "

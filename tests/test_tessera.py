@@ -146,17 +146,6 @@ def test_adamw_first_step_decays_weights_decoupled():
 
 
 # --- evenly spaced points and the pairs --------------------------------------------------
-def test_evenly_spaced_values_take_logged_rows_and_interpolate_the_rest():
-    from analysis.gradflow import evenly_spaced_values
-
-    rows = pd.DataFrame({"step": [0, 1, 2, 4, 10, 20, 23], "egf2": [3.0 * s + 1 for s in (0, 1, 2, 4, 10, 20, 23)]})
-    pts = evenly_spaced_values(rows, 23, ("egf2",), 11)
-    steps = [round(k * 23 / 10) for k in range(11)]
-    assert pts["step"].tolist() == steps
-    assert np.allclose(pts["egf2"], [3.0 * s + 1 for s in steps])  # linear measure: interpolation is exact
-    assert pts["interpolated"].tolist() == [s not in (0, 1, 2, 4, 10, 20, 23) for s in steps]
-
-
 def test_log_points_logs_exactly_eleven_evenly_spaced_steps(tmp_path):
     from sparse_training.rundir import RunDir
     from sparse_training.train import main
@@ -241,7 +230,15 @@ def test_figures_tessera_on_scsdc(scsdc_runs, tmp_path):
     assert tessera.main([str(scsdc_runs), "--out", str(out), "--quiet", "--n-boot", "200"]) == 0
     pairs = pd.read_csv(out / "tessera_pairs.csv")
     runs = pd.read_csv(out / "tessera_runs.csv")
-    assert len(pairs) == len(preset_runs("scsdc", 1)) // 2 and (runs["n_interpolated"] == 0).all()
+    assert len(pairs) == len(preset_runs("scsdc", 1)) // 2 and (runs["n_off_grid"] == 0).all()
+    # each measure is the mean of the run's 11 rows at steps round(k T / 10), recomputed from metrics.csv
+    from sparse_training.rundir import RunDir
+
+    for r in runs.head(3).itertuples():
+        m = RunDir(scsdc_runs / r.run_id).read_metrics().set_index("step")
+        at = m.loc[[round(k * 6 / 10) for k in range(11)]]
+        assert math.isclose(r.egf2, at["egf2"].mean(), rel_tol=1e-12)
+        assert math.isclose(r.grad_norm_l1, at["grad_norm_l1"].mean(), rel_tol=1e-12)
     assert np.allclose(pairs["acc_diff"], pairs["test_acc_sparse"] - pairs["test_acc_dense"])
     # the correlation table's tau is scipy's
     corr = pd.read_csv(out / "tessera_correlations.csv")
@@ -291,7 +288,7 @@ def test_figures_tessera_bad_input_exit_2(case, tmp_path, capsys, scsdc_runs):
     root = tmp_path / "runs"
     root.mkdir()
     if case == "no-pairs":  # dense-narrow runs without their sparse-wide partners
-        for run in sorted(scsdc_runs.glob("*-dense-narrow-seed0"))[:2]:
+        for run in sorted(scsdc_runs.glob("*-dense-narrow-seed0*"))[:2]:
             shutil.copytree(run, root / run.name)
     out = tmp_path / "fig"
     with pytest.raises(SystemExit) as exc:
