@@ -105,7 +105,7 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
         total = int(c.get("total_steps") or m["step"].max())
         pts = m.iloc[spaced_rows(m["step"], total, POINTS)].reset_index(drop=True)
         pts["point"] = np.arange(POINTS)
-        pts["fraction"] = np.linspace(0.0, 1.0, POINTS)
+        pts["training_fraction"] = np.linspace(0.0, 1.0, POINTS)
         pts["off_grid"] = np.abs(pts["step"].to_numpy(float) - np.linspace(0.0, total, POINTS)) > 0.5
         last = m.iloc[-1]
         cell = {"optimizer": c["optimizer"], "regularization": regularization_of(c),
@@ -115,9 +115,8 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
                "pair_key": pair_key(c), "test_acc": float(last["test_acc"]), "test_loss": float(last["test_loss"]),
                **{k: float(pts[k].mean()) for k in MEASURES if k in pts}, "n_off_grid": int(pts["off_grid"].sum())}
         rows.append(row)
-        long = pts.melt(id_vars=["point", "step", "fraction", "off_grid"],
+        long = pts.melt(id_vars=["point", "step", "training_fraction", "off_grid"],
                         value_vars=[k for k in MEASURES if k in pts], var_name="measure", value_name="value")
-        long = long.rename(columns={"fraction": "training_fraction"})
         for k in ("run_id", "network", *CELL, "seed"):
             long[k] = row[k]
         curves.append(long)
@@ -515,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.runs)
     runs, curves = load_runs(root, quiet=args.quiet)
     pairs = pair_table(runs)
+    paired = set(pairs["run_id_dense"]) | set(pairs["run_id_sparse"])  # a run without its partner stays out
+    runs, curves = runs[runs["run_id"].isin(paired)], curves[curves["run_id"].isin(paired)]
     out = Path(args.out) if args.out else root / "_figures" / "tessera"
     try:
         out.mkdir(parents=True, exist_ok=True)
