@@ -157,7 +157,7 @@ PRESETS = {
     "paper-mlp": ("LeNet-300-100 on MNIST at 98% sparsity", lambda n: family_graph(_PAPER_MLP, n), 5),
     "mnist1d": ("MLP on MNIST-1D at 90% sparsity", lambda n: family_graph(_MNIST1D, n), 3),
     "scsdc": ("quick version of tessera-fmnist: same-capacity sparse-wide vs dense-narrow MLP pairs on digits",
-              lambda n: same_capacity_graph(SCSDC, n), 2),
+              lambda n: same_capacity_graph(SCSDC, n), 5),
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
                        "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
 }
