@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.plotting import method_color, new_figure, save_figure
+from analysis.plotting import method_color, new_figure, order_methods, save_figure
 from analysis.runs import (
     Run,
     add_common_args,
@@ -40,15 +39,14 @@ from analysis.runs import (
     pruning_solution,
     resolve_device,
     runs_from_args,
-    select_runs,
+    pool_from_args,
 )
 from landscape.params import ParamSpace
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv, load_checkpoint
+from sparse_training.io import atomic_write_csv, load_state_dict
 
 # Methods whose runs share the sparse network's architecture; small-dense has its own width.
 DEFAULT_METHODS = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense")
-METHOD_ORDER = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense", "small-dense")
 DEFAULT_BLOCK = 8
 DISTANCE_COLUMNS = ["point_a", "point_b", "run_a", "run_b", "method_a", "method_b", "kind_a", "kind_b", "distance"]
 TO_PRUNING_COLUMNS = ["run_id", "method", "seed", "point", "kind", "pruning_run", "distance"]
@@ -86,7 +84,7 @@ class VectorLoader:
         self.first: Path | None = None
 
     def _state(self, path: str | Path) -> dict[str, torch.Tensor]:
-        state = load_checkpoint(path)["model"]
+        state = load_state_dict(path)
         space = ParamSpace(state)  # all parameters, no masks: one coordinate per weight, zeros included
         if self.space is None:
             self.space, self.first = space, Path(path)
@@ -250,9 +248,7 @@ def select_points(args: argparse.Namespace) -> Selection:
     if args.block < 1:
         raise UserError(f"--block must be at least 1, got {args.block}.")
     selected = runs_from_args(args, method=DEFAULT_METHODS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pool = select_runs(args.runs, warn=False)
+    pool = pool_from_args(args)
     pairs = solution_pairs(pool, selected)
     references = {sol.run_id: sol for _, sol in pairs}
     check_same_architecture(list(selected) + list(references.values()))
@@ -290,11 +286,6 @@ def to_pruning_frame(sel: Selection, labels: Sequence[str], dist: np.ndarray) ->
     return pd.DataFrame(rows, columns=TO_PRUNING_COLUMNS)
 
 
-def _order(methods: Sequence[str]) -> list[str]:
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(set(methods), key=lambda m: (rank.get(m, len(rank)), m))
-
-
 def plot_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows a summary shows: derived runs against their solution, prune runs against the family's.
 
@@ -316,14 +307,14 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["method", "kind", "mean", "std", "n"])
     out = rows.groupby(["method", "kind"])["distance"].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"count": "n"})
-    rank = {m: i for i, m in enumerate(_order(out["method"]))}
+    rank = {m: i for i, m in enumerate(order_methods(out["method"]))}
     return out.sort_values(["method", "kind"], key=lambda s: s.map(rank) if s.name == "method" else s)
 
 
 def plot_to_pruning(frame: pd.DataFrame, path: Path) -> list[Path]:
     """Strip plot with mean bars: distance to the pruning solution by method, start (hollow) and end (filled)."""
     rows = plot_rows(frame)
-    methods = _order(rows["method"])
+    methods = order_methods(rows["method"])
     kinds = list(dict.fromkeys(sorted(rows["kind"], key=lambda k: (k != "start", k != "end", k))))
     fig, ax = new_figure(figsize=(1.2 + 1.1 * max(len(methods), 1), 3.6))
     width = 0.8 / max(len(kinds), 1)
@@ -376,7 +367,7 @@ def format_summary(table: pd.DataFrame) -> str:
         return "(no run has a pruning solution among the selected runs)"
     wide = table.pivot(index="method", columns="kind", values="mean")
     kinds = sorted(wide.columns, key=lambda k: (k != "start", k == "end", k))
-    wide = wide.loc[_order(wide.index), kinds]
+    wide = wide.loc[order_methods(wide.index), kinds]
     wide["runs"] = table.groupby("method")["n"].max()
     return wide.to_string(float_format=lambda v: f"{v:.3f}" if not math.isnan(v) else "-")
 

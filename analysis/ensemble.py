@@ -35,7 +35,7 @@ from analysis.runs import (
     output_dir,
     resolve_device,
     runs_from_args,
-    select_runs,
+    pool_from_args,
 )
 from landscape.evaluate import predict_logits
 from sparse_training.errors import UserError, cli_entry
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if not groups:
         raise UserError("no run of the selection belongs to a group (lottery, scratch, scratch+, rigl, rigl+, "
                         "set, prune); select such runs with --method.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pool = select_runs(args.runs, warn=False)
+    pool = pool_from_args(args)
     references = {name: group_reference(pool, runs) for name, runs in groups.items()}
     members = {r.run_id: r for runs in groups.values() for r in runs}
     members.update({r.run_id: r for r in references.values() if r is not None})

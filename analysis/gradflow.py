@@ -50,7 +50,7 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
-from analysis.plotting import method_color, new_figure, save_figure
+from analysis.plotting import method_color, method_rank, new_figure, order_methods, save_figure
 from analysis.runs import Run, add_common_args, output_dir, runs_from_args
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv
@@ -61,7 +61,6 @@ TARGETS = ("test_acc", "test_loss")
 DENSE_METHODS = ("dense", "small-dense")
 EARLY_FRACTION = 0.10
 SPACED_POINTS = 11  # Tessera et al. average each measure over 11 evenly spaced points of training
-METHOD_ORDER = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense", "small-dense")
 CURVE_COLUMNS = ["method", "step", "epoch", "measure", "mean", "std", "min", "max", "n"]
 RUN_COLUMNS = ["run_id", "method", "seed", "group", "measure", "aggregation", "value", "final_test_acc",
                "final_test_loss"]
@@ -84,7 +83,7 @@ def train_rows(run: Run) -> pd.DataFrame:
     m = run.metrics
     if len(m) and "phase" in m:
         m = m[m["phase"] == "train"]
-    return m.sort_values("step").reset_index(drop=True)
+    return m.sort_values("step").reset_index(drop=True) if "step" in m else m
 
 
 def load_metrics(runs: Sequence[Run], quiet: bool = True) -> pd.DataFrame:
@@ -103,7 +102,9 @@ def load_metrics(runs: Sequence[Run], quiet: bool = True) -> pd.DataFrame:
         m["total_steps"] = int(run.config.get("total_steps") or m["step"].max())
         frames.append(m)
     if not frames:
-        raise UserError("none of the selected runs has gradient-flow rows in its metrics.csv.")
+        external = " (checkpoints of other code have no metrics.csv)" if any(
+            r.config.get("external") for r in runs) else ""
+        raise UserError(f"none of the selected runs has gradient-flow rows in its metrics.csv{external}.")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -118,8 +119,7 @@ def curves(metrics: pd.DataFrame, measures: Sequence[str] = MEASURES) -> pd.Data
     g = long.groupby(["method", "measure", "step"], sort=True)
     out = g["value"].agg(["mean", "std", "min", "max", "count"]).reset_index().rename(columns={"count": "n"})
     out["epoch"] = g["epoch"].mean().to_numpy()
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    out = out.sort_values(["method", "measure", "step"], key=lambda s: s.map(rank) if s.name == "method" else s)
+    out = out.sort_values(["method", "measure", "step"], key=lambda s: s.map(method_rank) if s.name == "method" else s)
     return out[CURVE_COLUMNS].reset_index(drop=True)
 
 
@@ -128,8 +128,7 @@ def plot_curves(table: pd.DataFrame, path, x: str = "step") -> list:
     panels = [("grad_norm", "gradient norm ||g||_2"), ("egf2", "effective gradient flow EGF_2")]
     panels = [p for p in panels if p[0] in set(table["measure"])]
     fig, axes = new_figure(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    methods = sorted(set(table["method"]), key=lambda m: (rank.get(m, len(rank)), m))
+    methods = order_methods(table["method"])
     for ax, (measure, title) in zip(axes[0], panels):
         for method in methods:
             g = table[(table["method"] == method) & (table["measure"] == measure)]

@@ -51,16 +51,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from analysis.plotting import method_color, new_figure, save_figure
+from analysis.plotting import method_color, new_figure, order_methods, save_figure
 from analysis.runs import Run, add_common_args, output_dir, resolve_device, runs_from_args
 from landscape.hessian import HessianOperator
 from landscape.lanczos import lanczos, spectral_density
 from sparse_training.data import Dataset
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv
-from sparse_training.trainer import fixed_indices
+from sparse_training.metrics import metric_indices
 
-METHOD_ORDER = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense", "small-dense")
 PHASE_ORDER = {"start": 0, "periodic": 1, "pre": 2, "post": 3, "end": 4}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EIGEN_COLUMNS = ["run_id", "method", "seed", "step", "phase", "kind", "index", "eigenvalue", "residual", "converged"]
@@ -133,7 +132,7 @@ def hessian_data(dataset: Dataset, examples: int) -> tuple[torch.Tensor, torch.T
     """The fixed training subset the Hessian is taken over: the first ``examples`` of the trainer's permutation."""
     if examples < 1:
         raise UserError(f"--examples must be at least 1, got {examples}.")
-    idx, _ = fixed_indices(len(dataset.x_train), examples)
+    idx = metric_indices(len(dataset.x_train), examples)
     return dataset.x_train[idx], dataset.y_train[idx]
 
 
@@ -260,7 +259,6 @@ def summarize_updates(updates: pd.DataFrame, k: int, neg_tol: float = 1e-4) -> s
 def plot_eigenvalues(eigen: pd.DataFrame, path) -> list:
     """Largest and smallest eigenvalue against step; a line per run; pre hollow, post filled."""
     fig, axes = new_figure(1, 2, figsize=(10, 3.8), sharex=True)
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     updates = sorted(set(eigen.loc[eigen["phase"].isin(["pre", "post"]), "step"]))
     for ax, (kind, title) in zip(axes, (("top", "largest eigenvalue"), ("bottom", "smallest eigenvalue"))):
         sub = eigen[(eigen["kind"] == kind) & (eigen["index"] == 0)].copy()
@@ -283,7 +281,7 @@ def plot_eigenvalues(eigen: pd.DataFrame, path) -> list:
             ax.axhline(0.0, color="0.4", lw=0.8)
         ax.set_xlabel("step (dotted: mask updates; hollow: pre, filled: post)")
         ax.set_title(title)
-        order = sorted(seen, key=lambda m: (rank.get(m, len(rank)), m))
+        order = order_methods(seen)
         ax.legend([seen[m] for m in order], order)
     axes[0].set_ylabel("Hessian eigenvalue")
     return save_figure(fig, path)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.plotting import method_color, new_figure, save_figure
+from analysis.plotting import method_color, method_rank, new_figure, order_methods, save_figure
 from analysis.runs import (
     Run,
     add_common_args,
@@ -46,17 +45,16 @@ from analysis.runs import (
     pruning_solution,
     resolve_device,
     runs_from_args,
-    select_runs,
+    pool_from_args,
 )
 from landscape.interpolate import interpolate
 from sparse_training.data import Dataset
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv
-from sparse_training.trainer import fixed_indices
+from sparse_training.metrics import metric_indices
 
 # Runs that get default paths to their pruning solution.
 PATH_METHODS = ("lottery", "scratch", "scratch+", "rigl", "rigl+", "set")
-METHOD_ORDER = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense", "small-dense")
 START_PATH = "start->pruning solution"
 END_PATH = "end->pruning solution"
 CUSTOM_PATH = "custom"
@@ -203,7 +201,7 @@ def split_data(dataset: Dataset, split: str, examples: int | None = None) -> tup
         return x, y
     if examples < 1:
         raise UserError(f"--examples must be at least 1, got {examples}.")
-    idx, _ = fixed_indices(len(x), examples)
+    idx = metric_indices(len(x), examples)
     return x[idx], y[idx]
 
 
@@ -254,8 +252,7 @@ def barrier_table(summary: pd.DataFrame) -> pd.DataFrame:
     g = summary.groupby(["path", "method"], sort=False)
     out = g.agg(n=("barrier", "size"), barrier_mean=("barrier", "mean"), barrier_std=("barrier", "std"),
                 loss_at_0=("loss_at_0", "mean"), max_loss=("max_loss", "mean")).reset_index()
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return out.sort_values(["path", "method"], key=lambda s: s.map(rank) if s.name == "method" else s)
+    return out.sort_values(["path", "method"], key=lambda s: s.map(method_rank) if s.name == "method" else s)
 
 
 # --- picture ----------------------------------------------------------------------------------
@@ -263,7 +260,6 @@ def plot_paths(curves: pd.DataFrame, path: str, split: str) -> list:
     """Loss against alpha: a panel per kind of path, a line per path coloured by method."""
     kinds = list(dict.fromkeys(curves["path"]))
     fig, axes = new_figure(1, len(kinds), figsize=(4.6 * len(kinds), 3.6), squeeze=False, sharey=True)
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     for ax, kind in zip(axes[0], kinds):
         sub = curves[curves["path"] == kind]
         seen: dict[str, object] = {}
@@ -275,7 +271,7 @@ def plot_paths(curves: pd.DataFrame, path: str, split: str) -> list:
             ax.axvline(x, color="0.6", lw=0.8, ls=":")
         ax.set_xlabel("alpha (0: run's point, 1: pruning solution)" if kind != CUSTOM_PATH else "alpha (0: --from, 1: --to)")
         ax.set_title(kind)
-        order = sorted(seen, key=lambda m: (rank.get(m, len(rank)), m))
+        order = order_methods(seen)
         ax.legend([seen[m] for m in order], order, loc="upper right")
     axes[0][0].set_ylabel(f"{split} loss")
     return save_figure(fig, path)
@@ -312,15 +308,11 @@ def select_paths(args: argparse.Namespace) -> tuple[list[PathSpec], list[Run]]:
     if bool(args.from_points) != bool(args.to_points):
         raise UserError("--from and --to go together; give both (once per path).")
     if args.from_points:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pool = select_runs(args.runs)
+        pool = pool_from_args(args)
         paths = custom_paths(args.from_points, args.to_points, pool)
     else:
         selected = runs_from_args(args)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pool = select_runs(args.runs, warn=False)
+        pool = pool_from_args(args)
         paths = default_paths(selected, pool)
     runs = path_runs(paths, pool)
     check_same_architecture(runs)

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.manifold import MDS, ClassicalMDS
 
-from analysis.distances import METHOD_ORDER, Point, add_point_args, compute
-from analysis.plotting import method_color, new_figure, save_figure
+from analysis.distances import Point, add_point_args, compute
+from analysis.plotting import method_color, method_rank, new_figure, save_figure
 from analysis.runs import add_common_args, output_dir
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv
@@ -100,9 +100,8 @@ def plot_mds(frame: pd.DataFrame, path: Path, title: str) -> list[Path]:
         for i in range(len(rows) - 1):
             ax.annotate("", xy=(xs[i + 1], ys[i + 1]), xytext=(xs[i], ys[i]),
                         arrowprops=dict(arrowstyle="->", color=color, lw=0.7, alpha=0.6, shrinkA=4, shrinkB=4))
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     keys = frame[["method", "kind"]].drop_duplicates()
-    keys = sorted(keys.itertuples(index=False), key=lambda k: (rank.get(k.method, len(rank)), _kind_rank(k.kind)))
+    keys = sorted(keys.itertuples(index=False), key=lambda k: (method_rank(k.method), _kind_rank(k.kind)))
     for method, kind in keys:
         rows = frame[(frame["method"] == method) & (frame["kind"] == kind)]
         color = method_color(method)

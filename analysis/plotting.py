@@ -17,6 +17,8 @@ METHOD_COLORS = {
     "scratch": "#ff7f0e", "scratch+": "#2ca02c", "rigl": "#9467bd", "rigl+": "#8c564b", "set": "#e377c2",
     "pruning solutions": "#d62728",
 }
+# The order methods appear in, in every table, legend and axis (sparse families first, dense baselines last).
+METHOD_ORDER = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense", "small-dense")
 STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False, "font.size": 10, "legend.fontsize": 8,
          "legend.frameon": False}
@@ -25,6 +27,16 @@ STYLE = {"figure.dpi": 110, "savefig.dpi": 150, "axes.grid": True, "grid.alpha":
 def method_color(method: str) -> str:
     """The colour of a method (grey for unknown ones)."""
     return METHOD_COLORS.get(method, "#17becf")
+
+
+def method_rank(method: str) -> int:
+    """Position of a method in METHOD_ORDER (unknown methods after all known ones)."""
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def order_methods(methods) -> list[str]:
+    """The distinct methods of ``methods`` in METHOD_ORDER (unknown ones last, alphabetically)."""
+    return sorted(set(methods), key=lambda m: (method_rank(m), m))
 
 
 def new_figure(*args, **kwargs):

@@ -6,6 +6,11 @@ Example::
     table = load_runs("runs/")                 # one row per run
     lottery = select_runs("runs/", method="lottery")
     model = lottery[0].model("end")            # nn.Module with weights; masks in model.masks
+
+Checkpoints of other code (a directory with ``manifest.csv``, see :mod:`analysis.manifest`) load the
+same way, given the factory of their model::
+
+    runs = select_runs("their_ckpts/", model_factory="mymodel:build", dataset="mnist")
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from analysis.manifest import MANIFEST_NAME, Entry, Manifest, open_manifest
 from sparse_training.config import TrainConfig
 from sparse_training.data import Dataset, load_dataset
 from sparse_training.errors import UserError
@@ -74,7 +80,8 @@ class Run:
     def architecture(self) -> tuple:
         """What must agree for two runs' parameters to be comparable."""
         c = self.config
-        return (c.get("model"), c.get("dataset"), c.get("width"), c.get("small_dense_width"),
+        sizes = (c.get("small_dense_sizes") or None) if c.get("method") == "small-dense" else None
+        return (c.get("model"), c.get("dataset"), c.get("width"), c.get("small_dense_width"), sizes,
                 c.get("activation"), c.get("batchnorm"), c.get("depth"), c.get("hidden"))
 
     # --- contents ------------------------------------------------------------------
@@ -136,6 +143,129 @@ class Run:
                 f"state={self.state}, test_acc={acc:.4f})")
 
 
+class ExternalDir:
+    """The checkpoints of one external run, with the lookups of a RunDir (``checkpoint_path``, ``load``)."""
+
+    def __init__(self, manifest: Manifest, entries: list[Entry]):
+        self.manifest = manifest
+        self.entries = {(e.which, e.phase): e for e in entries}
+        self.path = manifest.root
+
+    def _entry(self, which: str | int, phase: str = "") -> Entry | None:
+        key = which if which in ("start", "end") else int(which)
+        return self.entries.get((key, phase))
+
+    def checkpoint_path(self, which: str | int, phase: str = "") -> Path:
+        """The checkpoint file (a path that does not exist when the manifest has no such point)."""
+        e = self._entry(which, phase)
+        if e is None:
+            return self.path / f".absent-{which}{'-' + phase if phase else ''}"
+        return e.file
+
+    def load(self, which: str | int, phase: str = "") -> dict:
+        """The checkpoint as ``{"model", "masks", "step"}`` (``weights_only=True``)."""
+        e = self._entry(which, phase)
+        if e is None:
+            raise UserError(f"the manifest of {self.path} has no checkpoint {which}{':' + phase if phase else ''} "
+                            "for this run.")
+        return self.manifest.checkpoint(e)
+
+    def step_checkpoints(self, phase: str | None = "") -> list[tuple[int, Path]]:
+        """Sorted ``(step, path)`` of the run's step checkpoints of ``phase`` (None: all)."""
+        return sorted((w, e.file) for (w, ph), e in self.entries.items()
+                      if isinstance(w, int) and (phase is None or ph == phase))
+
+
+class ExternalRun(Run):
+    """A run made of checkpoints listed in a manifest (other code's training); the same interface as Run."""
+
+    def __init__(self, manifest: Manifest, entries: list[Entry]):
+        first = entries[0]
+        self.manifest = manifest
+        self.dir = ExternalDir(manifest, entries)  # type: ignore[assignment]
+        self.path = manifest.root / first.run_id
+        self._run_id = first.run_id
+        steps = [w for w, _ in self.dir.entries if isinstance(w, int)]
+        self.config = {"method": first.method, "seed": first.seed, "parent_run_id": first.parent,
+                       "model": manifest.model_factory, "dataset": manifest.dataset or manifest.data_factory,
+                       "external": True}
+        has_end = ("end", "") in self.dir.entries
+        self.status = {"state": "complete" if has_end else "incomplete",
+                       "reason": None if has_end else "no end checkpoint in the manifest",
+                       "step": max(steps, default=0)}
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @cached_property
+    def sparsity(self) -> float:  # type: ignore[override]
+        """Fraction of maskable weights off the mask at the end (or the last checkpoint)."""
+        which, phase = ("end", "") if ("end", "") in self.dir.entries else max(
+            self.dir.entries, key=lambda k: (k[0] != "start", k[0] if isinstance(k[0], int) else -1))
+        return round(Masks(self.checkpoint(which, phase)["masks"]).sparsity(), 6)
+
+    @property
+    def complete(self) -> bool:
+        return self.status["state"] == "complete"
+
+    @property
+    def architecture(self) -> tuple:
+        return ("external", self.manifest.model_factory)
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """External runs have no metrics.csv: an empty table."""
+        return pd.DataFrame()
+
+    def train_config(self) -> TrainConfig:
+        raise UserError(f"{self.run_id} comes from a manifest of other code; it has no training config.")
+
+    def build(self) -> nn.Module:
+        """A fresh model from the manifest's model factory."""
+        return self.manifest.build()
+
+    def dataset(self, data_dir: str | None = None) -> Dataset:
+        """The data of ``--dataset`` / ``--data-factory`` (``data_dir`` is taken when the manifest was opened)."""
+        return self.manifest.data()
+
+
+def external_runs(manifest: Manifest) -> list[ExternalRun]:
+    """One ExternalRun per run id of an opened manifest, in manifest order."""
+    by_run: dict[str, list[Entry]] = {}
+    for e in manifest.entries:
+        by_run.setdefault(e.run_id, []).append(e)
+    return [ExternalRun(manifest, entries) for entries in by_run.values()]
+
+
+def is_manifest_dir(root: str | Path) -> bool:
+    """Whether ``root`` holds checkpoints of other code (a ``manifest.csv``)."""
+    return (Path(root) / MANIFEST_NAME).is_file()
+
+
+def open_runs(root: str | Path, model_factory: str | None = None, dataset: str | None = None,
+              data_factory: str | None = None, data_dir: str | None = None) -> list[Run]:
+    """Every run under ``root``, unfiltered: the one loading path of all analyses.
+
+    A runs directory of this toolkit gives a Run per run directory (unreadable ones are skipped with a
+    warning); a directory with ``manifest.csv`` gives an ExternalRun per run of the manifest, whose
+    model comes from ``model_factory`` and data from ``dataset`` or ``data_factory`` (all checked here).
+    """
+    root = Path(root)
+    if is_manifest_dir(root):
+        return list(external_runs(open_manifest(root, model_factory, dataset, data_factory, data_dir)))
+    if model_factory or data_factory:
+        raise UserError(f"--model-factory and --data-factory are for checkpoints of other code; {root} has no "
+                        f"{MANIFEST_NAME} (write one with python -m analysis.manifest).")
+    out: list[Run] = []
+    for d in _run_dirs(root):
+        try:
+            out.append(Run(d))
+        except UserError as exc:
+            warnings.warn(f"skipping {d.name}: {exc}", stacklevel=3)
+    return out
+
+
 def _run_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"runs directory {root} does not exist.")
@@ -147,10 +277,15 @@ def _run_dirs(root: Path) -> list[Path]:
 
 
 def select_runs(root: str | Path, method: str | Iterable[str] | None = None, seed: int | Iterable[int] | None = None,
-                run: str | None = None, complete_only: bool = True, warn: bool = True) -> list[Run]:
+                run: str | None = None, complete_only: bool = True, warn: bool = True,
+                model_factory: str | None = None, dataset: str | None = None, data_factory: str | None = None,
+                data_dir: str | None = None) -> list[Run]:
     """Runs under ``root`` matching the selectors; incomplete or failed ones are skipped with a warning.
 
     ``method`` and ``seed`` take a value or a collection; ``run`` is a regular expression on the run id.
+    ``root`` may also be a directory of other code's checkpoints with a ``manifest.csv``; then
+    ``model_factory`` (``package.module:function``) builds their model and ``dataset`` or
+    ``data_factory`` gives their data (see :func:`open_runs`).
     Raises a UserError when the directory is empty or unrelated, or when nothing matches.
     """
     root = Path(root)
@@ -161,13 +296,11 @@ def select_runs(root: str | Path, method: str | Iterable[str] | None = None, see
     except re.error as exc:
         raise UserError(f"--run '{run}' is not a valid regular expression ({exc}).") from None
     out = []
-    for d in _run_dirs(root):
-        try:
-            r = Run(d)
-        except UserError as exc:
-            if warn:
-                warnings.warn(f"skipping {d.name}: {exc}", stacklevel=2)
-            continue
+    with warnings.catch_warnings():
+        if not warn:
+            warnings.simplefilter("ignore")
+        every = open_runs(root, model_factory, dataset, data_factory, data_dir)
+    for r in every:
         if methods is not None and r.method not in methods:
             continue
         if seeds is not None and r.seed not in seeds:
@@ -233,6 +366,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--data-dir", default=None, help="directory with full-size datasets")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    ext = parser.add_argument_group("checkpoints of other code (a directory with manifest.csv)")
+    ext.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
+                     help="callable returning the checkpoints' nn.Module (package.module:function or file.py:function)")
+    ext.add_argument("--dataset", default=None, help="their dataset, by name (mnist, fashion-mnist, cifar10, mnist1d, digits)")
+    ext.add_argument("--data-factory", default=None, metavar="MODULE:FUNCTION",
+                     help="callable returning their data: a Dataset or (x_train, y_train, x_test, y_test)")
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -245,11 +384,25 @@ def output_dir(args: argparse.Namespace) -> Path:
     return out
 
 
+def source_args(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`select_runs` that say where runs come from (manifest factories)."""
+    return {"model_factory": getattr(args, "model_factory", None), "dataset": getattr(args, "dataset", None),
+            "data_factory": getattr(args, "data_factory", None), "data_dir": getattr(args, "data_dir", None)}
+
+
 def runs_from_args(args: argparse.Namespace, **defaults) -> list[Run]:
     """Select runs from the common CLI arguments (``defaults`` fill selectors not given)."""
     method = args.method or defaults.get("method")
     seed = args.seed or defaults.get("seed")
-    return select_runs(args.runs, method=method, seed=seed, run=args.run)
+    return select_runs(args.runs, method=method, seed=seed, run=args.run, **source_args(args))
+
+
+def pool_from_args(args: argparse.Namespace, warn: bool = False) -> list[Run]:
+    """Every complete run of the CLI's runs directory (or manifest), ignoring the selectors: the pool
+    in which parents and pruning solutions are looked up."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return select_runs(args.runs, warn=warn, **source_args(args))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -36,7 +36,7 @@ from typing import Callable
 
 import pandas as pd
 
-from analysis.plotting import method_color, new_figure, save_figure
+from analysis.plotting import method_color, new_figure, order_methods, save_figure
 from analysis.runs import select_runs
 from figures.claims import Claim, ClaimData, Verdict, evaluate_all, fmt, verdict_frame
 from figures.evci_claims import EVCI_CLAIMS
@@ -162,8 +162,7 @@ def fig_gradnorm(curves: pd.DataFrame, out: Path) -> list[Path]:
     labels = {"grad_norm": "gradient norm ||g||₂ (masked)", "egf2": "EGF₂ (mean layer norm)"}
     for ax, measure in zip(axes[0], measures):
         d = curves[(curves["measure"] == measure) & (curves["step"] > 0)]
-        for method in [m for m in ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense",
-                                   "small-dense") if m in set(d["method"])]:
+        for method in order_methods(d["method"]):
             g = d[d["method"] == method].sort_values("step")
             ax.plot(g["step"], g["mean"], label=method, color=method_color(method), lw=1.4)
             if g["n"].max() > 1:

@@ -1,7 +1,10 @@
 """The main job (``make reproduce``): the paper-lenet5 suite, every analysis, the figures and REPORT.md.
 
     python -m figures.reproduce --out runs --seeds 5 --jobs 2
+    python -m figures.reproduce --preset evci-lenet5 --out runs-evci --data-dir data --fetch --no-docs
 
+The second line is ``make reproduce-paper``: Evci et al.'s own protocol on full MNIST; ``--fetch``
+first fetches and verifies the full datasets the preset needs when the data directory lacks them.
 Running it again reuses finished runs and analyses and takes seconds. The PNGs are also copied to
 ``docs/`` (for the README) unless ``--no-docs``.
 """
@@ -13,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from sparse_training.errors import cli_entry
+from sparse_training.errors import UserError, cli_entry
 from sparse_training.presets import parse_overrides, preset_runs
 from sparse_training.suite import accuracy_table, format_accuracy_table, run_suite
 
@@ -33,8 +36,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="change a training setting of every run (see sparse_training.suite --help)")
+    p.add_argument("--fetch", action="store_true",
+                   help="fetch the full datasets the preset needs into --data-dir when they are missing")
+    p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
+    p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
+    p.add_argument("--hessian-updates", type=int, default=4, help="RigL mask updates to take eigenvalues around")
     p.add_argument("--no-docs", action="store_true", help="do not copy the PNGs to docs/")
     return p
+
+
+def ensure_data(specs, data_dir: str | None, fetch: bool) -> None:
+    """Fetch (with ``fetch``) the full datasets that runs marked ``full_data`` need and the data dir lacks."""
+    from sparse_training.data import require_full_dataset
+    from sparse_training.fetch import FETCHABLE, fetch_dataset
+
+    for dataset in sorted({s.config.dataset for s in specs if s.config.full_data}):
+        try:
+            require_full_dataset(dataset, data_dir)
+        except UserError:
+            if not fetch or dataset not in FETCHABLE or not data_dir:
+                raise
+            print(f"[0/3] {dataset} is missing from {data_dir}; fetching it", flush=True)
+            fetch_dataset(dataset, data_dir)
 
 
 @cli_entry
@@ -42,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
+    ensure_data(specs, args.data_dir, args.fetch)
     print(f"[1/3] {args.preset} suite: {len(specs)} runs, {args.jobs} at a time -> {args.out}/", flush=True)
     results = run_suite(specs, args.out, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
     failed = results[results["state"] == "failed"]
@@ -51,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
         return 1
     print(f"\n[2/3] analyses and figures ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    code = paper.main([args.out] + (["--data-dir", args.data_dir] if args.data_dir else []))
+    code = paper.main([args.out, "--interp-examples", str(args.interp_examples),
+                       "--hessian-examples", str(args.hessian_examples),
+                       "--hessian-updates", str(args.hessian_updates)]
+                      + (["--data-dir", args.data_dir] if args.data_dir else []))
     if code:
         return code
     figures = Path(args.out) / "_figures"

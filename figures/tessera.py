@@ -53,6 +53,7 @@ from sparse_training.io import atomic_write_csv, atomic_write_text
 from sparse_training.presets import REGULARIZATIONS
 
 from . import claims as engine
+from .paper import markdown
 
 MEASURES = ("grad_norm_l1", "grad_norm", "egf1", "egf2")
 MEASURE_NAMES = {"grad_norm_l1": "‖g‖₁", "grad_norm": "‖g‖₂", "egf1": "EGF₁", "egf2": "EGF₂"}
@@ -247,16 +248,6 @@ def correlation_markdown(table: pd.DataFrame) -> str:
     lines.append("")
     lines.append(f"Runs: {n.get('sparse', 0)} sparse, {n.get('dense', 0)} dense; intervals: percentile bootstrap "
                  f"over runs at {100 * (1 - 2 * engine.ALPHA):.0f}%.")
-    return "\n".join(lines) + "\n"
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table."""
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in frame.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
-                                       for v in r.values) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ class TrainConfig:
     # what to train
     model: str = _f("lenet5", "model name (lenet5, lenet300, mlp, mnist1d-mlp, mnist1d-cnn, vgg16, resnet18)")
     dataset: str = _f("mnist", "dataset (mnist, fashion-mnist, cifar10, mnist1d, digits)")
+    full_data: bool = _f(False, "refuse to run without the full dataset's files (no bundled-subset fallback)")
     method: str = _f("dense", "training method", METHOD_NAMES)
     sparsity: float = _f(0.95, "target fraction of masked weights in [0, 1) (ignored by dense)")
     distribution: str = _f("erk", "how sparsity is spread over layers", ("uniform", "erk"))
@@ -37,10 +38,13 @@ class TrainConfig:
     match_width: float | None = _f(None, "scratch/rigl: per-layer active counts equal the layer sizes of the dense "
                                          "network at this width multiplier (Tessera et al.'s same-capacity pairs)")
     shuffle_mask: bool = _f(False, "scratch/rigl: permute each layer's parent mask at random")
-    init: str = _f("auto", "weight init; auto = sparse for scratch+/rigl+, dense otherwise",
-                   ("auto", "dense", "liu", "sparse"))
+    init: str = _f("auto", "weight init; auto = sparse for scratch+/rigl+, dense otherwise; glorot = Keras "
+                           "glorot-uniform (dense fans, gain 1; use with --init-dist uniform), then masked",
+                   ("auto", "dense", "liu", "sparse", "glorot"))
     init_mode: str = _f("fanin", "fan used by the init", ("fanin", "fanout", "fanavg"))
     init_dist: str = _f("normal", "distribution of the init", ("normal", "uniform"))
+    init_gain: str = _f("activation", "gain of the dense/liu/sparse inits: the hidden activation's (He-style) "
+                                      "or one (Keras' variance scale 1.0)", ("activation", "one"))
     # architecture options
     activation: str = _f("relu", "hidden activation", ("relu", "prelu", "swish", "elu", "sigmoid", "tanh", "srelu"))
     batchnorm: bool = _f(False, "BatchNorm after hidden layers (mlp models; vgg16 always has it)")
@@ -53,7 +57,10 @@ class TrainConfig:
     lr: float | None = _f(None, "learning rate (default by optimizer: sgd 0.1, momentum 0.02, "
                                 "adam/adamw/rmsprop 1e-3, adagrad 1e-2)")
     momentum: float = _f(0.9, "momentum of the 'momentum' optimizer")
-    weight_decay: float = _f(5e-4, "L2 weight decay (adamw: decoupled weight decay; 0 = no regularization)")
+    weight_decay: float = _f(5e-4, "L2 weight decay (coefficient of w in the gradient, as in torch.optim; adamw: "
+                                   "decoupled weight decay; 0 = no regularization)")
+    weight_decay_on: str = _f("all", "parameters that get weight decay: all, or the conv/linear weights only "
+                                     "(not biases, as Keras kernel_regularizer)", ("all", "weights"))
     augment: str = _f("none", "data augmentation of training batches (image data): random shifts of up to "
                               "--shift-pixels, horizontal flips, or both", AUGMENT_NAMES)
     shift_pixels: int = _f(2, "augment: largest shift in pixels, each direction")
@@ -66,11 +73,21 @@ class TrainConfig:
     prune_start: float = _f(0.1, "prune: start of pruning as a fraction of training")
     prune_end: float = _f(0.6, "prune: end of pruning as a fraction of training")
     prune_every: int = _f(20, "prune: steps between pruning events")
-    prune_scope: str = _f("layer", "prune: per-layer (uniform) or global magnitude ranking", ("layer", "global"))
+    prune_begin_step: int | None = _f(None, "prune: first pruning step (overrides --prune-start)")
+    prune_end_step: int | None = _f(None, "prune: last pruning step (overrides --prune-end)")
+    prune_scope: str = _f("layer", "prune: per-layer targets from --distribution, or one global magnitude ranking "
+                                   "(which sets the layer densities itself, so it refuses --distribution uniform; "
+                                   "it keeps --first-layer-dense)", ("layer", "global"))
     # dynamic sparse training (rigl, rigl+, set)
     update_every: int = _f(100, "rigl/set: steps between mask updates (Delta T)")
     drop_fraction: float = _f(0.3, "rigl/set: initial fraction of active weights dropped per update")
+    drop_schedule: str = _f("cosine", "rigl/set: drop fraction decays by cosine to --update-end, or follows "
+                                      "the learning rate (alpha * lr(t)/lr(0), rigl_tf2's 'lr' schedule)",
+                            ("cosine", "lr"))
     update_end: float = _f(0.75, "rigl/set: stop updating after this fraction of training")
+    grow_batch: str = _f("fresh", "rigl: growth gradient on fresh training examples drawn per update from the "
+                                  "run's seed, or on one fixed batch (the examples after the metrics batch)",
+                         ("fresh", "fixed"))
     # logging and checkpoints
     log_every: int = _f(0, "steps between metric rows (0 = 2 rows per epoch); steps 1, 2, 4, ... below it are logged too")
     log_points: int = _f(0, "log at N+1 evenly spaced steps round(k T / N), k = 0..N, instead of --log-every "
@@ -79,6 +96,12 @@ class TrainConfig:
     keep_checkpoints: int = _f(1, "how many of the latest resumable checkpoints to keep")
     save_steps: str = _f("", "comma-separated steps whose checkpoints are always kept (e.g. for rewinding)")
     metrics_batch: int = _f(1000, "size of the fixed training batch used for gradient-flow metrics")
+    metrics_examples: str = _f("random", "which training examples form the metrics batch: a fixed random draw "
+                                         "(same for every run) or the first N", ("random", "first"))
+    metrics_mode: str = _f("train", "module mode of gradient-flow rows (matters with BatchNorm/dropout)",
+                           ("train", "eval"))
+    small_dense_sizes: str = _f("", "small-dense: explicit hidden sizes, e.g. 3,3,27,20 (lenet5) or 8,8 "
+                                    "(lenet300), instead of a width matched by parameter count")
 
     # fields that do not change what is computed, so they are not part of a run's identity
     NON_IDENTITY = ("save_steps", "keep_checkpoints")
@@ -101,7 +124,7 @@ class TrainConfig:
         d = self.to_dict()
         for k in self.NON_IDENTITY:
             d.pop(k, None)
-        if not self.is_sparse():
+        if self.method == "dense":  # small-dense keeps it: its width is matched to the sparse network's count
             d["sparsity"] = 0.0
         return d
 
@@ -148,3 +171,14 @@ def parse_save_steps(text: str) -> set[int]:
         return {int(s) for s in text.split(",") if s.strip()}
     except ValueError:
         raise UserError(f"--save-steps must be comma-separated integers, not '{text}'.") from None
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """Parse '3,3,27,20' into (3, 3, 27, 20); a malformed or non-positive list is a UserError."""
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--small-dense-sizes must be comma-separated positive integers, not '{text}'.")
+    return sizes

@@ -135,6 +135,25 @@ def load_dataset(
     raise UserError(f"unknown dataset {name!r}; known datasets are {', '.join(DATASETS)}.")
 
 
+_IDX_SUBDIRS = {"mnist": ("mnist", "MNIST/raw"), "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw")}
+
+
+def require_full_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Raise :class:`UserError` pointing to ``make data`` unless the full IDX files of ``name`` are in
+    the data directory (``data_dir``, else ``$SPARSE_DATA``). Reads no images; other names pass."""
+    if name not in _IDX_SUBDIRS:
+        return
+    root = resolve_data_dir(data_dir)
+    if root is not None and root.is_dir():
+        if _find_idx_dir(name, _idx_candidate_dirs(root, _IDX_SUBDIRS[name])) is not None:
+            return
+    where = f"{root} holds none" if root is not None else "no data directory was given"
+    raise UserError(
+        f"this setting needs the full {name} IDX files (60,000/10,000 images) and {where}; run `make data` "
+        f"(python -m sparse_training.data fetch {name} --data-dir data) and pass --data-dir data or set $SPARSE_DATA."
+    )
+
+
 # ---------------------------------------------------------------------------
 # File formats
 
@@ -150,7 +169,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"IDX file {path} does not exist.") from None
-    if path.suffix == ".gz":
+    return parse_idx(raw, path)
+
+
+def parse_idx(raw: bytes, path: str | os.PathLike) -> np.ndarray:
+    """Decode the bytes of an IDX file (gzipped if ``path`` ends in ``.gz`` or the bytes say so).
+
+    ``path`` names the file in error messages; problems raise :class:`UserError` as in :func:`read_idx`.
+    """
+    path = Path(path)
+    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error):
@@ -325,7 +353,7 @@ def _load_mnist(root: Path | None) -> Dataset:
                 f"data directory {root} does not exist; pass --data-dir or set $SPARSE_DATA to "
                 "a directory holding the MNIST IDX files, or unset it to use the bundled subset."
             )
-        files = _find_idx_dir("mnist", _idx_candidate_dirs(root, ("mnist", "MNIST/raw")))
+        files = _find_idx_dir("mnist", _idx_candidate_dirs(root, _IDX_SUBDIRS["mnist"]))
         if files is not None:
             return _idx_dataset("mnist", "MNIST", files)
     return _load_mnist_subset()
@@ -359,7 +387,7 @@ def _load_mnist_subset() -> Dataset:
 
 
 def _load_fashion_mnist(root: Path | None) -> Dataset:
-    subdirs = ("fashion-mnist", "FashionMNIST/raw")
+    subdirs = _IDX_SUBDIRS["fashion-mnist"]
     if root is None:
         raise UserError(
             f"fashion-mnist needs the IDX files {_idx_files_text()} and no data directory was "
@@ -551,3 +579,11 @@ def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor,
     std, mean = torch.std_mean(xt, dim=dims, keepdim=True, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays as is
     return xt.sub_(mean).div_(std), xs.sub_(mean).div_(std)
+
+
+if __name__ == "__main__":  # python -m sparse_training.data fetch ...
+    import sys
+
+    from sparse_training.fetch import main
+
+    sys.exit(main())

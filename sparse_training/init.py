@@ -8,9 +8,12 @@ All schemes draw weight ``w_ij`` with variance ``gain**2 / fan_ij``; they differ
   fan_in_i = number of active incoming weights, for input unit ``j`` fan_out_j = number of active
   outgoing weights (for conv layers counted over channels x kernel); ``fanavg`` averages the two.
   A weight whose fan is zero gets zero.
+- ``glorot``: Keras' default ``glorot_uniform`` (with sampler ``uniform``): the dense fans averaged,
+  gain 1 in every layer, i.e. U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); then masked.
 
-Hidden layers use the gain of the model's activation (``model.nonlinearity``); the output layer
-(the last maskable layer) uses gain 1. Biases start at zero. Everything is vectorized.
+Hidden layers use the gain of the model's activation (``model.nonlinearity``) unless ``gain="one"``
+(Keras' VarianceScaling scale 1.0, as rigl_tf2's unit-scaled init); the output layer (the last
+maskable layer) uses gain 1. Biases start at zero. Everything is vectorized.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from .errors import UserError
 from .masks import Masks, maskable_names
 from .models import SReLU
 
-SCHEMES = ("dense", "liu", "sparse")
+SCHEMES = ("dense", "liu", "sparse", "glorot")
+GAINS = ("activation", "one")
 MODES = ("fanin", "fanout", "fanavg")
 SAMPLERS = ("normal", "uniform")
 
@@ -66,6 +70,8 @@ def weight_std(weight_shape: torch.Size, mask: torch.Tensor | None, scheme: str,
         raise UserError(f"unknown init '{scheme}'; choose one of {', '.join(SCHEMES)}.")
     if mode not in MODES:
         raise UserError(f"unknown init mode '{mode}'; choose one of {', '.join(MODES)}.")
+    if scheme == "glorot":
+        mode, gain = "fanavg", 1.0
     full = torch.ones(weight_shape, dtype=torch.bool)
     use_mask = mask if (scheme == "sparse" and mask is not None) else full
     fan_in, fan_out = _fans(use_mask)
@@ -81,8 +87,11 @@ def weight_std(weight_shape: torch.Size, mask: torch.Tensor | None, scheme: str,
 @torch.no_grad()
 def initialize(model: nn.Module, masks: Masks | None = None, scheme: str = "dense",
                mode: str = "fanin", sampler: str = "normal", seed: int = 0,
-               generator: torch.Generator | None = None, reference: nn.Module | None = None) -> None:
+               generator: torch.Generator | None = None, gain: str = "activation",
+               reference: nn.Module | None = None) -> None:
     """Initialize ``model`` in place with ``scheme`` and apply ``masks``.
+
+    ``gain``: ``activation`` uses the hidden activation's gain in hidden layers, ``one`` gain 1.
 
     Draws are made on the CPU from ``generator`` (or a fresh one seeded with ``seed``) so the
     same seed gives the same bits on any device. With ``reference`` (scheme ``dense`` only), each
@@ -94,6 +103,8 @@ def initialize(model: nn.Module, masks: Masks | None = None, scheme: str = "dens
     g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
     params = dict(model.named_parameters())
     names = maskable_names(model)
+    if gain not in GAINS:
+        raise UserError(f"unknown init gain '{gain}'; choose one of {', '.join(GAINS)}.")
     ref_shapes = None
     if reference is not None:
         if scheme != "dense":
@@ -102,15 +113,15 @@ def initialize(model: nn.Module, masks: Masks | None = None, scheme: str = "dens
         ref_shapes = [ref_params[n].shape for n in maskable_names(reference)]
         if len(ref_shapes) != len(names):
             raise UserError("the reference network has a different number of maskable layers.")
-    hidden_gain = activation_gain(getattr(model, "nonlinearity", "relu"))
+    hidden_gain = activation_gain(getattr(model, "nonlinearity", "relu")) if gain == "activation" else 1.0
     for i, name in enumerate(names):
         w = params[name]
-        gain = 1.0 if i == len(names) - 1 else hidden_gain
+        layer_gain = 1.0 if i == len(names) - 1 else hidden_gain
         mask = masks[name].cpu() if masks is not None and name in masks else None
         if ref_shapes is None:
-            std = weight_std(w.shape, mask, scheme, gain, mode)
+            std = weight_std(w.shape, mask, scheme, layer_gain, mode)
         else:  # a dense layer's std is one value: the reference layer's, over this layer's shape
-            std = weight_std(ref_shapes[i], None, scheme, gain, mode).reshape(-1)[0].expand(w.shape)
+            std = weight_std(ref_shapes[i], None, scheme, layer_gain, mode).reshape(-1)[0].expand(w.shape)
         if sampler == "normal":
             noise = torch.randn(w.shape, generator=g, dtype=torch.float64)
         else:  # uniform on [-sqrt(3), sqrt(3)] has unit variance

@@ -13,10 +13,11 @@ import torch
 from .errors import UserError
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename.
 
-    A killed process leaves either the old file or the new one, never a torn one.
+    A killed process leaves either the old file or the new one, never a torn one. ``mode`` sets the
+    file's permissions (the temp file is created private, 0o600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,6 +26,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -76,17 +79,61 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"{path} is not valid JSON (corrupt or truncated file).") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or truncated file is a UserError."""
-    path = Path(path)
+def load_weights_only(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; a missing, corrupt or truncated file is a UserError.
+
+    ``mmap=True`` maps the tensors instead of reading them (cheap when only shapes are needed); files in
+    torch's legacy (non-zip) format cannot be mapped and are read normally.
+    """
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for torn zip archives
+        if "weights only load failed" in str(exc).lower():
+            raise UserError(f"checkpoint {path} holds objects that loading with weights_only=True refuses to "
+                            "unpickle; save a state_dict (a dict of tensors) instead.") from None
         raise UserError(
             f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); delete it or rerun the run."
         ) from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or truncated file is a UserError."""
+    path = Path(path)
+    ckpt = load_weights_only(path, map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"checkpoint {path} is not a checkpoint of this toolkit (no 'model' entry).")
     return ckpt
+
+
+def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights held by a loaded file: its ``model`` or ``state_dict`` entry, or the dict itself.
+
+    A file that is none of these (no dict of tensors) is a UserError naming ``path``.
+    """
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    raise UserError(f"{path} holds no state_dict (a dict of tensors, or a dict with a 'model' or "
+                    "'state_dict' entry that is one).")
+
+
+def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Model weights from a checkpoint of this toolkit or of other code (``weights_only=True``).
+
+    Accepts a toolkit checkpoint (its ``model``), a dict with a ``state_dict`` entry, or a plain
+    state_dict; with ``mmap=True`` tensors are mapped, not read (for checking shapes).
+    """
+    path = Path(path)
+    return state_dict_of(load_weights_only(path, map_location, mmap=mmap), path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, parse_sizes
 from .errors import UserError
 from .init import initialize
 from .masks import Masks, maskable_names
@@ -57,6 +57,22 @@ BATCHNORM_OPTIONAL = ("mlp", "lenet300", "mnist1d-mlp")  # models where --batchn
 OPTIONAL_ARCH_FIELDS = ("depth", "hidden", "skip", "batchnorm")  # config fields only some models read
 
 
+# --match-width fixes the sparsity; --sparsity must agree to this many decimals (4, as presets round it).
+MATCH_WIDTH_TOLERANCE = 5e-4
+
+
+def check_match_width(cfg: TrainConfig) -> None:
+    """Refuse --match-width where it would be ignored: methods with no random mask, or with --parent."""
+    if cfg.match_width is None:
+        return
+    if not cfg.match_width > 0:
+        raise UserError(f"--match-width must be a positive width multiplier, got {cfg.match_width}.")
+    if get_method(cfg.method).mask != "parent-or-random" or cfg.parent:
+        raise UserError("--match-width applies to scratch, scratch+, rigl, rigl+ and set runs without --parent "
+                        f"(it draws their mask); method '{cfg.method}'{' with --parent' if cfg.parent else ''} "
+                        "would ignore it.")
+
+
 def check_model_options(cfg: TrainConfig) -> None:
     """Refuse architecture flags the config's model would ignore: those set away from their default
     that :func:`model_options` does not pass to the model (one UserError sentence)."""
@@ -79,17 +95,28 @@ def model_options(cfg: TrainConfig) -> dict:
     return opts
 
 
+SIZED_MODELS = ("lenet5", "lenet300")  # models whose hidden sizes --small-dense-sizes can set
+
+
 def build_for(cfg: TrainConfig, input_shape, num_classes: int, width: float | None = None) -> nn.Module:
-    """Build the config's model (optionally at another width)."""
+    """Build the config's model (optionally at another width).
+
+    A small-dense run with ``--small-dense-sizes`` gets exactly those hidden sizes (``width`` is
+    then ignored), so analyses rebuild it from its config alone.
+    """
     opts = model_options(cfg)
-    if width is not None:
+    if cfg.method == "small-dense" and cfg.small_dense_sizes:
+        if cfg.model not in SIZED_MODELS:
+            raise UserError(f"--small-dense-sizes applies to {', '.join(SIZED_MODELS)} only, not '{cfg.model}'.")
+        opts["sizes"] = parse_sizes(cfg.small_dense_sizes)
+    elif width is not None:
         opts["width"] = width
     return build_model(cfg.model, input_shape, num_classes, **opts)
 
 
 def sparse_active_count(cfg: TrainConfig, input_shape, num_classes: int) -> int:
     """Parameters a sparse network of this config keeps: active maskable weights plus all others."""
-    model = build_for(cfg, input_shape, num_classes)
+    model = build_model(cfg.model, input_shape, num_classes, **model_options(cfg))
     masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense, seed=0)
     return count_parameters(model) - masks.numel() + masks.num_active()
 
@@ -149,7 +176,11 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
     """
     spec = get_method(cfg.method)
     extra: dict = {}
-    if cfg.method == "small-dense":
+    if cfg.method == "small-dense" and cfg.small_dense_sizes:
+        model = build_for(cfg, input_shape, num_classes)
+        extra.update(small_dense_params=count_parameters(model),
+                     sparse_active_params=sparse_active_count(cfg, input_shape, num_classes))
+    elif cfg.method == "small-dense":
         width, dense_count, target = small_dense_width(cfg, input_shape, num_classes)
         model = build_for(cfg, input_shape, num_classes, width=width)
         extra.update(small_dense_width=width, small_dense_params=dense_count,
@@ -171,8 +202,15 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
         narrow = Masks.dense(build_for(cfg, input_shape, num_classes, width=cfg.match_width))
         counts = dict(zip(maskable_names(model), narrow.active_counts().values()))
         masks = Masks.from_counts(model, counts, seed=seed_for(cfg.seed, "mask"))
+        realised = masks.sparsity()
+        # the counts fix the sparsity; a --sparsity that disagrees would be recorded (and named) wrongly
+        if abs(realised - cfg.sparsity) > MATCH_WIDTH_TOLERANCE:
+            raise UserError(f"--match-width {cfg.match_width:g} gives {cfg.model} sparsity {realised:.4f} (the layer "
+                            f"sizes of the width-{cfg.match_width:g} network as active counts), not --sparsity "
+                            f"{cfg.sparsity:g}; pass --sparsity {realised:.4f}.")
         extra.update(matched_dense_params=count_parameters(build_for(cfg, input_shape, num_classes,
-                                                                     width=cfg.match_width)))
+                                                                     width=cfg.match_width)),
+                     realised_sparsity=realised)
     elif spec.mask == "parent-or-random":
         masks = Masks.random(model, cfg.sparsity, cfg.distribution, cfg.first_layer_dense,
                              seed=seed_for(cfg.seed, "mask"))
@@ -197,7 +235,7 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
             if cfg.match_width and init_scheme == "dense" and spec.mask == "parent-or-random" and not cfg.parent \
             else None
         initialize(model, masks if spec.mask != "none" else None, init_scheme, cfg.init_mode,
-                   cfg.init_dist, seed=seed_for(cfg.seed, stream), reference=reference)
+                   cfg.init_dist, seed=seed_for(cfg.seed, stream), gain=cfg.init_gain, reference=reference)
         if reference is not None:
             extra.update(init_reference_width=cfg.match_width)
     extra.update(init_scheme=init_scheme if spec.weights == "init" else "parent-rewind",

@@ -28,16 +28,45 @@ def layer_of(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
-def masked_gradient(model: nn.Module, masks: Masks | None, x: torch.Tensor, y: torch.Tensor
-                    ) -> tuple[dict[str, torch.Tensor], float, float]:
+METRICS_SEED = 20220222  # the fixed draw of the metrics batch: the same for every run
+
+
+def fixed_batches(n: int, size: int, examples: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint fixed batches of training indices: the metrics batch and the fixed growth batch.
+
+    ``random``: a permutation drawn with a fixed seed, the same for every run; ``first``: the first
+    ``size`` training examples, then the next ``size`` (rigl_tf2's two 1,000-image validation batches).
+    When ``n < 2 * size`` the growth batch is the last ``size`` examples (it then overlaps).
+    """
+    if examples == "first":
+        perm = torch.arange(n)
+    elif examples == "random":
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(METRICS_SEED))
+    else:
+        raise ValueError(f"unknown metrics examples {examples!r}; use random or first")
+    size = min(size, n)
+    metric = perm[:size]
+    grow = perm[size:2 * size] if n >= 2 * size else perm[-size:]
+    return metric, grow
+
+
+def metric_indices(n: int, size: int, examples: str = "random") -> torch.Tensor:
+    """Indices of the trainer's fixed metrics batch (the first of :func:`fixed_batches`); analyses use it
+    to evaluate on the examples the trainer measured gradient flow on."""
+    return fixed_batches(n, size, examples)[0]
+
+
+def masked_gradient(model: nn.Module, masks: Masks | None, x: torch.Tensor, y: torch.Tensor,
+                    train_mode: bool = True) -> tuple[dict[str, torch.Tensor], float, float]:
     """Gradient of the mean cross-entropy on ``(x, y)`` with masked weights' entries zeroed.
 
-    The model runs in training mode (BatchNorm uses batch statistics, as in a training step) and
-    its buffers are restored afterwards. Returns ``(grads, loss, accuracy)``.
+    The model runs in training mode (BatchNorm uses batch statistics, as in a training step; with
+    ``train_mode=False`` in eval mode) and its buffers are restored afterwards. The loss has no L2
+    term (weight decay lives in the optimizer). Returns ``(grads, loss, accuracy)``.
     """
     was_training = model.training
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    model.train()
+    model.train(train_mode)
     with preserved_buffers(model):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -86,20 +115,6 @@ def gradient_flow(grads: dict[str, torch.Tensor], masks: Masks | None,
     return row
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``(x, y)``."""
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train(was_training)
-    n = max(len(x), 1)
-    return total_loss / n, correct / n
 
 
 def param_distance(model: nn.Module, reference: dict[str, torch.Tensor]) -> float:

@@ -85,12 +85,14 @@ class LeNet5(nn.Module):
     """LeNet-5 as in Evci et al.: valid 5x5 convs (6, 16), 2x2 max-pools, 256-120-84-10, ReLU."""
 
     def __init__(self, input_shape=(1, 28, 28), num_classes: int = 10, width: float = 1.0,
-                 activation: str = "relu"):
+                 activation: str = "relu", sizes: tuple[int, int, int, int] | None = None):
         super().__init__()
         if len(input_shape) != 3:
             raise UserError(f"lenet5 needs image input (C, H, W); this dataset gives {tuple(input_shape)}.")
+        if sizes is not None and len(sizes) != 4:
+            raise UserError(f"lenet5 takes 4 sizes (conv1, conv2, fc1, fc2 channels/units), not {tuple(sizes)}.")
         c, h, w = input_shape
-        c1, c2, f1, f2 = (_scaled(n, width) for n in (6, 16, 120, 84))
+        c1, c2, f1, f2 = (_scaled(n, width) for n in (sizes or (6, 16, 120, 84)))
         self.conv1 = nn.Conv2d(c, c1, 5)
         self.conv2 = nn.Conv2d(c1, c2, 5)
         hh, ww = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
@@ -244,8 +246,10 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _lenet300(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False):
-    return MLP(input_shape, num_classes, (300, 100), activation, batchnorm, False, width)
+def _lenet300(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, sizes=None):
+    if sizes is not None and len(sizes) != 2:
+        raise UserError(f"lenet300 takes 2 sizes (hidden units), not {tuple(sizes)}.")
+    return MLP(input_shape, num_classes, tuple(sizes or (300, 100)), activation, batchnorm, False, width)
 
 
 def _mlp(input_shape, num_classes, width=1.0, activation="relu", batchnorm=False, skip=False,
@@ -257,8 +261,8 @@ def _mnist1d_mlp(input_shape, num_classes, width=1.0, activation="relu", batchno
     return MLP(input_shape, num_classes, (100, 100), activation, batchnorm, False, width)
 
 
-def _lenet5(input_shape, num_classes, width=1.0, activation="relu"):
-    return LeNet5(input_shape, num_classes, width, activation)
+def _lenet5(input_shape, num_classes, width=1.0, activation="relu", sizes=None):
+    return LeNet5(input_shape, num_classes, width, activation, sizes)
 
 
 def _mnist1d_cnn(input_shape, num_classes, width=1.0, activation="relu"):
@@ -294,7 +298,8 @@ def build_model(name: str, input_shape: tuple[int, ...] | None = None, num_class
     """Build a model by registry name.
 
     ``options`` may hold ``width`` (multiplier on every hidden width), ``activation``,
-    ``batchnorm``, and for ``mlp`` also ``depth``, ``hidden`` and ``skip``.
+    ``batchnorm``, for ``mlp`` also ``depth``, ``hidden`` and ``skip``, and for ``lenet5`` /
+    ``lenet300`` explicit hidden ``sizes`` (4 / 2 of them).
     Parameters come out with PyTorch's default init; call :func:`sparse_training.init.initialize`.
     """
     if name not in MODELS:

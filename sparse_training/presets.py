@@ -30,17 +30,51 @@ _SMOKE = dict(model="mlp", dataset="digits", hidden=32, depth=2, sparsity=0.9, d
               batch_size=32, steps=150, optimizer="momentum", lr=0.05, weight_decay=5e-4,
               update_every=20, prune_every=10, log_every=15, checkpoint_every=50)
 
+# Evci et al.'s own protocol (google-research/rigl, rigl/rigl_tf2: configs/*.gin for LeNet-5,
+# mlp_configs/*.gin for LeNet-300-100; train.py, utils.py, mask_updaters.py, init_utils.py), on full
+# MNIST. The source of each setting:
+_EVCI_LENET5 = dict(
+    model="lenet5", dataset="mnist", full_data=True,  # networks.lenet5 (6, 16, 120, 84), ReLU, no BatchNorm
+    sparsity=0.95, distribution="uniform",            # prune.gin final_sparsity; tfmot prunes every
+    first_layer_dense=False,                          #   Conv2D/Dense to the same sparsity, first/last too
+    batch_size=128, steps=11719,                      # *.gin: total_steps 11719 = 6e4/128*25, batch 128
+    optimizer="momentum", momentum=0.9, lr=0.05,      # optimizer.name/learning_rate/momentum
+    schedule="cosine",                                # utils.get_optimizer: CosineDecay(lr, total_steps) to 0
+    weight_decay=1e-3, weight_decay_on="weights",     # network.weight_decay 5e-4 is Keras l2(5e-4) on kernels:
+                                                      #   loss += 5e-4*sum(w^2), i.e. gradient 1e-3*w
+    init="glorot", init_dist="uniform",               # Keras Dense/Conv2D default kernel init (glorot_uniform)
+    init_gain="one", init_mode="fanin",               # scratch+/rigl+: unit_scaled_init 'fanin_normal', scale 1
+    prune_begin_step=3000, prune_end_step=7000,       # prune.gin begin_step/end_step/frequency;
+    prune_every=100, prune_scope="layer",             #   tfmot PolynomialDecay (power 3) per layer
+    update_every=100, drop_fraction=0.3,              # rigl.gin update_freq / init_drop_fraction
+    drop_schedule="lr", update_end=1.0,               # schedule_alg 'lr': 0.3*lr(t)/lr(0); last_update_step -1
+    grow_batch="fixed",                               # growth gradient on val2 = the 2nd block of 1,000 images
+    log_every=200, metrics_batch=1000,                # training.log_freq 200; val_batch_size 1000
+    metrics_examples="first", metrics_mode="train",   # val_x = first 1,000 training images, training=True,
+                                                      #   is_regularized=False (cross-entropy only)
+    small_dense_sizes="3,3,27,20",                    # small_dense.gin lenet5.hidden_sizes
+)
+_EVCI_MLP = dict(_EVCI_LENET5, model="lenet300",      # networks.mlp (300, 100)
+                 sparsity=0.98, lr=0.2,               # mlp_configs/prune.gin, learning_rate 0.2
+                 weight_decay=2e-4,                   # network.weight_decay 1e-4 (Keras l2) -> gradient 2e-4*w
+                 update_every=500,                    # mlp_configs/rigl.gin update_freq 500
+                 small_dense_sizes="8,8")             # mlp_configs/small_dense.gin mlp.hidden_sizes
+# scratch+ / rigl+ start from the sparsity-aware init (rigl_tf2 weight_init_method 'unit_scaled');
+# every other run from glorot-uniform
+_EVCI_PER_METHOD = {m: dict(init="sparse", init_dist="normal") for m in ("scratch+", "rigl+")}
+
 FAMILY_METHODS = ("lottery", "scratch", "scratch+", "rigl", "rigl+")
 
 
-def family_graph(base: dict, seeds: int) -> list[RunSpec]:
+def family_graph(base: dict, seeds: int, per_method: dict[str, dict] | None = None) -> list[RunSpec]:
     """Evci et al.'s layout: a prune run per seed (the different pruning solutions); lottery, scratch,
     scratch+, rigl and rigl+ runs per seed derived from the seed-0 pruning solution; one dense and
-    one same-capacity small-dense run."""
+    one same-capacity small-dense run. ``per_method`` adds settings for single methods."""
     specs: list[RunSpec] = []
+    per_method = per_method or {}
 
     def add(method: str, seed: int, parent: str | None = None) -> None:
-        cfg = TrainConfig(**{**base, "method": method, "seed": seed})
+        cfg = TrainConfig(**{**base, **per_method.get(method, {}), "method": method, "seed": seed})
         specs.append(RunSpec(cfg.default_run_id(with_hash=False), cfg, parent, (parent,) if parent else ()))
 
     for s in range(seeds):
@@ -141,8 +175,8 @@ SCSDC = PairDesign(
 # Full Fashion-MNIST, sized for 2 CPU cores in under an hour (README: "Reproducing Tessera et al.").
 TESSERA_FMNIST = PairDesign(
     prefix="tessera",
-    base=dict(model="mlp", dataset="fashion-mnist", hidden=256, batch_size=128, epochs=2, distribution="erk",
-              weight_decay=0.0, log_points=10),
+    base=dict(model="mlp", dataset="fashion-mnist", full_data=True, hidden=256, batch_size=128, epochs=2,
+              distribution="erk", weight_decay=0.0, log_points=10),
     input_shape=(1, 28, 28), optimizers=("sgd", "momentum", "adagrad", "adam", "rmsprop"),
     regularizations=tuple(REGULARIZATIONS),
     activations=("relu", "prelu", "elu", "swish", "srelu", "sigmoid"), depths=(1, 2, 4), fractions=(0.1, 0.25, 0.5),
@@ -155,6 +189,10 @@ PRESETS = {
     "paper-lenet5": ("LeNet-5 on the embedded MNIST at 95% sparsity (Evci et al.)",
                      lambda n: family_graph(_PAPER_LENET5, n), 5),
     "paper-mlp": ("LeNet-300-100 on MNIST at 98% sparsity", lambda n: family_graph(_PAPER_MLP, n), 5),
+    "evci-lenet5": ("LeNet-5 on full MNIST at 95%, every setting as in Evci et al.'s code (needs `make data`)",
+                    lambda n: family_graph(_EVCI_LENET5, n, _EVCI_PER_METHOD), 5),
+    "evci-mlp": ("LeNet-300-100 on full MNIST at 98%, every setting as in Evci et al.'s code (needs `make data`)",
+                 lambda n: family_graph(_EVCI_MLP, n, _EVCI_PER_METHOD), 5),
     "mnist1d": ("MLP on MNIST-1D at 90% sparsity", lambda n: family_graph(_MNIST1D, n), 3),
     "scsdc": ("quick version of tessera-fmnist: same-capacity sparse-wide vs dense-narrow MLP pairs on digits",
               lambda n: same_capacity_graph(SCSDC, n), 5),
@@ -205,13 +243,35 @@ def preset_runs(name: str, seeds: int | None = None, overrides: dict | None = No
     specs = build(n)
     if not overrides:
         return specs
-    # re-derive ids so overridden runs never collide with the preset's own
-    renamed = {s.run_id: dataclasses.replace(s.config, **overrides).default_run_id(with_hash=False)
-               if s.run_id == s.config.default_run_id(with_hash=False) else f"{s.run_id}-{_tag(overrides)}"
-               for s in specs}
+    renamed = {s.run_id: renamed_id(s, overrides) for s in specs}
+    if len(set(renamed.values())) != len(renamed):
+        raise UserError("--set gives two runs of the preset the same id; change fewer settings at once.")
     return [RunSpec(renamed[s.run_id], dataclasses.replace(s.config, **overrides),
                     renamed.get(s.parent) if s.parent else None, tuple(renamed[d] for d in s.depends_on))
             for s in specs]
+
+
+ID_FIELDS = ("model", "dataset", "sparsity", "method", "seed")  # the settings a default run id spells out
+
+
+def renamed_id(spec: RunSpec, overrides: dict) -> str:
+    """The id of a preset run under ``--set`` overrides; it never equals an id of other settings.
+
+    A default-named run gets the id of its new settings; when an override changes a setting the id does
+    not spell out (epochs, lr, ...), a short hash of those overrides is appended, so the run cannot land
+    in the directory of the preset's own run (or of other overrides). Other runs always get the hash.
+    """
+    import dataclasses
+
+    cfg = dataclasses.replace(spec.config, **overrides)
+    if cfg.identity() == spec.config.identity():
+        return spec.run_id  # the overrides restate the preset's settings: the same run
+    spelled = ID_FIELDS if cfg.is_sparse() else tuple(f for f in ID_FIELDS if f != "sparsity")  # small-dense
+    hidden = {k: v for k, v in overrides.items() if k not in spelled and getattr(spec.config, k) != v}
+    if spec.run_id != spec.config.default_run_id(with_hash=False):
+        return f"{spec.run_id}-{_tag(overrides)}"
+    base = cfg.default_run_id(with_hash=False)
+    return f"{base}-{_tag(hidden)}" if hidden else base
 
 
 def _tag(overrides: dict) -> str:
@@ -224,4 +284,4 @@ def _tag(overrides: dict) -> str:
 def preset_settings(name: str) -> dict:
     """The shared training settings of a family preset (empty for the same-capacity ones)."""
     return {"smoke": _SMOKE, "paper-lenet5": _PAPER_LENET5, "paper-mlp": _PAPER_MLP,
-            "mnist1d": _MNIST1D}.get(name, {})
+            "mnist1d": _MNIST1D, "evci-lenet5": _EVCI_LENET5, "evci-mlp": _EVCI_MLP}.get(name, {})

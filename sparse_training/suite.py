@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .data import require_full_dataset
 from .errors import UserError, cli_entry
 from .presets import PRESETS, RunSpec, parse_overrides, preset_runs
 from .rundir import RunDir
@@ -159,23 +160,26 @@ def failure_reason(out: Path, run_id: str, code: int) -> str:
     return f"exit code {code}"
 
 
-FILE_DATASETS = ("fashion-mnist", "cifar10")  # no fallback: their files must be in the data dir
-FETCHABLE = ("fashion-mnist",)  # `make data` (sparse_training.data fetch) puts these there
+def check_existing_runs(specs: list[RunSpec], out: Path) -> None:
+    """Refuse specs whose run directory under ``out`` already holds a run of other settings.
 
-
-def check_datasets(specs: list[RunSpec], data_dir: str | None) -> None:
-    """Load each file-backed dataset the runs need once, before any run starts: a missing or corrupt
-    one stops the suite with one sentence (pointing to ``make data`` where that fetches it)."""
-    from .trainer import _cached_dataset, _data_dir_key
-
-    for name in sorted({s.config.dataset for s in specs} & set(FILE_DATASETS)):
+    Without this a complete run of other settings would be skipped as if it were this one.
+    """
+    for s in specs:
+        run = RunDir(out / s.run_id)
+        if not run.exists():
+            continue
         try:
-            _cached_dataset(name, *_data_dir_key(data_dir))
-        except UserError as exc:
-            if name not in FETCHABLE:
-                raise
-            raise UserError(f"{str(exc).rstrip('.')}; `make data` fetches it into data/ "
-                            f"(python -m sparse_training.data fetch {name} --data-dir data/).") from None
+            saved = TrainConfig.from_dict(run.read_config()).identity()
+        except (UserError, TypeError):
+            raise UserError(f"{run.path} exists but holds no readable run config; move it away or use another --out.") from None
+        mine = s.config.identity()
+        saved.pop("parent", None)
+        mine.pop("parent", None)
+        if saved != mine:
+            diff = sorted(k for k in mine if saved.get(k) != mine[k])
+            raise UserError(f"{run.path} already holds a run with other settings ({', '.join(diff[:4])}); "
+                            "use another --out, or other --set values.")
 
 
 def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: str = "local",
@@ -185,12 +189,14 @@ def run_suite(specs: list[RunSpec], out: str | Path, jobs: int = 2, launcher: st
     out = Path(out)
     for s in specs:  # a bad setting (e.g. from --set) fails here, in one sentence, before anything is written
         validate(s.config)
-    check_datasets(specs, data_dir)
+    for dataset in sorted({s.config.dataset for s in specs if s.config.full_data}):
+        require_full_dataset(dataset, data_dir)  # the faithful presets never fall back to a subset
     check_output_dir(out)
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown launcher '{launcher}'; choose one of {', '.join(LAUNCHERS)}.")
     if jobs < 1:
         raise UserError("--jobs must be at least 1.")
+    check_existing_runs(specs, out)
     ids = {s.run_id for s in specs}
     for s in specs:
         missing = [d for d in s.depends_on if d not in ids]
@@ -302,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:  # run_suite validates the specs itself; a dry run must refuse a bad --set too
         for s in specs:
             validate(s.config)
+        check_existing_runs(specs, Path(args.out))
         for s in specs:
             print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))
         return 0

@@ -18,15 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from landscape.evaluate import evaluate
+
 from .augment import augment_batch, check_augment
-from .config import AUGMENT_NAMES, OPTIMIZER_NAMES, TrainConfig, parse_save_steps
-from .data import Dataset, load_dataset, resolve_data_dir
+from .config import AUGMENT_NAMES, OPTIMIZER_NAMES, TrainConfig, parse_save_steps, parse_sizes
+from .data import Dataset, load_dataset, require_full_dataset, resolve_data_dir
 from .distributions import check_sparsity
 from .errors import UserError
 from .io import atomic_torch_save
-from .masks import Masks
-from .methods import check_model_options, get_method, parent_path, prepare_start, seed_for
-from .metrics import evaluate, gradient_flow, masked_gradient, param_distance
+from .masks import Masks, maskable_names
+from .methods import check_match_width, check_model_options, get_method, parent_path, prepare_start, seed_for
+from .metrics import fixed_batches, gradient_flow, masked_gradient, param_distance
 from .rundir import RunDir, check_run_id
 from .updaters import MaskUpdater, make_updater
 
@@ -49,7 +51,13 @@ def select_device(name: str) -> torch.device:
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """One of sgd, momentum, adam, adamw, rmsprop, adagrad with the config's lr and weight decay
     (an L2 term in the gradient for all but adamw, whose decay is decoupled from the adaptive step)."""
-    lr, wd, params = cfg.resolved_lr(), cfg.weight_decay, model.parameters()
+    lr, wd, params = cfg.resolved_lr(), cfg.weight_decay, list(model.parameters())
+    if cfg.weight_decay_on == "weights" and wd:
+        # Keras' kernel_regularizer: conv/linear weights decay, biases and norm parameters do not
+        names = set(maskable_names(model))
+        decayed = [p for n, p in model.named_parameters() if n in names]
+        others = [p for n, p in model.named_parameters() if n not in names]
+        params = [{"params": decayed}, {"params": others, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "momentum":
@@ -82,6 +90,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.model not in MODELS:
         raise UserError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}.")
     check_model_options(cfg)
+    check_match_width(cfg)
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}.")
     if cfg.optimizer not in OPTIMIZER_NAMES:
@@ -105,6 +114,16 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError("--drop-fraction must lie in [0, 1].")
     if not 0.0 <= cfg.prune_start < cfg.prune_end <= 1.0:
         raise UserError("--prune-start and --prune-end must satisfy 0 <= start < end <= 1.")
+    if cfg.method == "prune" and cfg.prune_scope == "global" and cfg.distribution != TrainConfig().distribution:
+        # a global magnitude ranking sets every layer's density itself; a distribution would be ignored
+        raise UserError(f"--prune-scope global ranks all layers together, so it sets the per-layer densities itself "
+                        f"and --distribution {cfg.distribution} would be ignored; drop it or use --prune-scope layer.")
+    begin, end = cfg.prune_begin_step, cfg.prune_end_step
+    if (begin is not None and begin < 0) or (end is not None and end < 1) or (
+            begin is not None and end is not None and begin >= end):
+        raise UserError("--prune-begin-step and --prune-end-step must satisfy 0 <= begin < end.")
+    if cfg.small_dense_sizes:
+        parse_sizes(cfg.small_dense_sizes)
     if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise UserError("--lr must be a positive number.")
     parse_save_steps(cfg.save_steps)
@@ -120,15 +139,6 @@ def versions() -> dict[str, str]:
         own = "unknown"
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "pandas": pd.__version__, "sparse-gradflow": own}
-
-
-def fixed_indices(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two disjoint fixed batches (metrics, RigL growth) drawn with a fixed seed, same for every run."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(20220222))
-    size = min(size, n)
-    metric = perm[:size]
-    grow = perm[size:2 * size] if n >= 2 * size else perm[-size:]
-    return metric, grow
 
 
 @dataclass
@@ -153,7 +163,7 @@ class Trainer:
         d = self.device
         self.x_train, self.y_train = self.data.x_train.to(d), self.data.y_train.to(d)
         self.x_test, self.y_test = self.data.x_test.to(d), self.data.y_test.to(d)
-        metric, grow = fixed_indices(len(self.x_train), self.cfg.metrics_batch)
+        metric, grow = fixed_batches(len(self.x_train), self.cfg.metrics_batch, self.cfg.metrics_examples)
         self.metric_x, self.metric_y = self.x_train[metric.to(d)], self.y_train[metric.to(d)]
         self.grow_x, self.grow_y = self.x_train[grow.to(d)], self.y_train[grow.to(d)]
         self.n = len(self.x_train)
@@ -170,9 +180,11 @@ class Trainer:
     # --- measurements ----------------------------------------------------------------
     def measure(self, phase: str = "train") -> dict:
         """One metrics row. Rows around mask updates measure gradient flow only (no test pass)."""
-        grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y)
+        grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y,
+                                           train_mode=self.cfg.metrics_mode == "train")
         if phase == "train":
-            test_loss, test_acc = evaluate(self.model, self.x_test, self.y_test)
+            test = evaluate(self.model, (self.x_test, self.y_test), batch_size=250)  # 250 keeps LeNet-5 in cache: ~2x faster than 1,000
+            test_loss, test_acc = test.loss, test.accuracy
         else:
             test_loss = test_acc = float("nan")
         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "phase": phase,
@@ -190,9 +202,19 @@ class Trainer:
         self.log_seconds += time.perf_counter() - t0
         return row
 
+    def grow_indices(self, step: int) -> torch.Tensor | None:
+        """Training indices of RigL's growth batch at ``step``: fresh ones drawn from the run's own
+        'grow' seed stream at each update (``--grow-batch fresh``), or None for the fixed batch."""
+        if self.cfg.grow_batch == "fixed":
+            return None
+        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "grow") * 100_003 + step)
+        return torch.randperm(self.n, generator=g)[:min(self.cfg.metrics_batch, self.n)].to(self.device)
+
     def dense_grow_grads(self) -> dict[str, torch.Tensor]:
-        """Dense gradients (no mask) on the fixed growth batch, for RigL."""
-        grads, _, _ = masked_gradient(self.model, None, self.grow_x, self.grow_y)
+        """Dense gradients (no mask) on the growth batch of the current step, for RigL."""
+        idx = self.grow_indices(self.step)
+        x, y = (self.grow_x, self.grow_y) if idx is None else (self.x_train[idx], self.y_train[idx])
+        grads, _, _ = masked_gradient(self.model, None, x, y)
         return grads
 
     # --- checkpoints -----------------------------------------------------------------
@@ -305,6 +327,8 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     Returns None when the run is already complete with the same settings.
     """
     validate(cfg)
+    if cfg.full_data:
+        require_full_dataset(cfg.dataset, data_dir)
     run_id = check_run_id(run_id or cfg.default_run_id())
     out = Path(out)
     check_output_dir(out)
@@ -324,12 +348,16 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     check_augment(cfg.augment, data.input_shape)
     spec = get_method(cfg.method)
     model, masks, extra = prepare_start(cfg, data.input_shape, data.num_classes)
+    if "realised_sparsity" in extra:
+        print(f"{run_id}: --match-width {cfg.match_width:g} realises sparsity {extra['realised_sparsity']:.4f} "
+              f"({masks.num_active()} of {masks.numel()} maskable weights active)")
     model.to(dev)
     masks.to(dev)
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(data.x_train) / cfg.batch_size)
     total = cfg.steps or cfg.epochs * steps_per_epoch
-    updater = make_updater(cfg, spec.updater, total, seed_for(cfg.seed, "grow"))
+    updater = make_updater(cfg, spec.updater, total, seed_for(cfg.seed, "grow"),
+                           lr=lambda step: lr_at(cfg, step, total))
 
     if run.exists():  # resume from the latest resumable checkpoint (or from start.pt)
         start = run.load("start")

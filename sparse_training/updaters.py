@@ -5,6 +5,7 @@ fraction), a *drop rule* (smallest magnitude) and a *grow rule* (largest dense g
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .distributions import active_counts, layer_densities
+from .errors import UserError
 from .masks import Masks
 
 GradFn = Callable[[], dict[str, torch.Tensor]]  # dense gradients of the grow batch, by param name
@@ -34,6 +36,12 @@ def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float
 def cosine_fraction(step: int, end: int, alpha: float) -> float:
     """RigL's drop fraction: alpha/2 * (1 + cos(pi t / T_end))."""
     return alpha / 2.0 * (1.0 + math.cos(math.pi * min(step, end) / max(end, 1)))
+
+
+def lr_scaled_fraction(step: int, alpha: float, lr: Callable[[int], float]) -> float:
+    """rigl_tf2's 'lr' schedule: the drop fraction follows the learning rate, alpha * lr(t) / lr(0)."""
+    lr0 = lr(0)
+    return alpha * lr(step) / lr0 if lr0 > 0 else 0.0
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -113,15 +121,22 @@ class GradualPruner:
         names = list(masks)
         shapes = {n: tuple(masks[n].shape) for n in names}
         if self.scope == "global":
+            # one magnitude ranking over all layers; a first layer kept dense is left out of it and
+            # the others absorb its share of the budget (as layer_densities does per layer)
+            dense = names[:1] if self.first_layer_dense else []
+            ranked = [n for n in names if n not in dense]
             total = sum(masks[n].numel() for n in names)
-            keep = round((1.0 - sparsity) * total)
+            keep = round((1.0 - sparsity) * total) - sum(masks[n].numel() for n in dense)
+            if keep < 0 or not ranked:
+                raise UserError(f"sparsity {sparsity:g} cannot be met with the first layer kept dense; lower it "
+                                "or drop --first-layer-dense.")
             scores = torch.cat([torch.where(masks[n], params[n].abs(), torch.full_like(params[n], -1.0)).reshape(-1).cpu()
-                                for n in names])
+                                for n in ranked])
             order = torch.argsort(scores, descending=True, stable=True)[:keep]
-            flat = torch.zeros(total, dtype=torch.bool)
+            flat = torch.zeros(scores.numel(), dtype=torch.bool)
             flat[order] = True
             offset = 0
-            for n in names:
+            for n in ranked:
                 k = masks[n].numel()
                 masks[n] = flat[offset:offset + k].reshape(shapes[n]).to(masks[n].device) & masks[n]
                 offset += k
@@ -146,6 +161,11 @@ class DynamicSparse:
     grow: Callable = grow_by_gradient
     seed: int = 0
     snapshots: bool = True
+    schedule: Callable[[int], float] | None = None  # step -> drop fraction; None: cosine to `end`
+
+    def fraction(self, step: int) -> float:
+        """The drop fraction at ``step``."""
+        return cosine_fraction(step, self.end, self.alpha) if self.schedule is None else self.schedule(step)
 
     def is_update_step(self, step: int) -> bool:
         return step > 0 and step % self.every == 0 and step <= self.end
@@ -156,7 +176,7 @@ class DynamicSparse:
             return self._swap(step, model, masks, optimizer, grads)
 
     def _swap(self, step, model, masks, optimizer, grads) -> dict:
-        fraction = cosine_fraction(step, self.end, self.alpha)
+        fraction = self.fraction(step)
         params = dict(model.named_parameters())
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         dropped, grown = {}, {}
@@ -168,24 +188,43 @@ class DynamicSparse:
             kept = drop_smallest(params[n], old, n_swap)
             new = self.grow(grads.get(n), ~kept, n_swap, generator)
             masks[n] = kept | new
-            params[n].masked_fill_(new, 0.0)  # grown weights start at zero
-            _reset_state(optimizer, params[n], new)  # ... with fresh optimizer state
-            dropped[n] = int((old & ~kept).sum())
-            grown[n] = int(new.sum())
+            # A connection dropped and regrown in the same update keeps its weight and optimizer
+            # state (as in rigl_tf2's generic_mask_update); only newly activated ones start afresh.
+            fresh = new & ~old
+            params[n].masked_fill_(fresh, 0.0)  # grown weights start at zero
+            _reset_state(optimizer, params[n], fresh)  # ... with fresh optimizer state
+            dropped[n] = int((old & ~masks[n]).sum())
+            grown[n] = int(fresh.sum())
         masks.apply(model)
         masks.mask_optimizer_state(optimizer, model)
         return {"drop_fraction": fraction, "dropped": sum(dropped.values()), "grown": sum(grown.values())}
 
 
-def make_updater(cfg: TrainConfig, kind: str | None, total_steps: int, seed: int) -> MaskUpdater | None:
-    """The updater for a method kind ('prune', 'rigl', 'set' or None) under this config."""
+def prune_window(cfg: TrainConfig, total_steps: int) -> tuple[int, int]:
+    """First and last pruning step: the step-valued options when set, else fractions of training."""
+    start = cfg.prune_begin_step if cfg.prune_begin_step is not None else int(cfg.prune_start * total_steps)
+    end = cfg.prune_end_step if cfg.prune_end_step is not None else int(cfg.prune_end * total_steps)
+    return start, max(end, start + 1)
+
+
+def make_updater(cfg: TrainConfig, kind: str | None, total_steps: int, seed: int,
+                 lr: Callable[[int], float] | None = None) -> MaskUpdater | None:
+    """The updater for a method kind ('prune', 'rigl', 'set' or None) under this config.
+
+    ``lr`` (step -> learning rate) is needed by ``--drop-schedule lr``.
+    """
     if kind is None:
         return None
     if kind == "prune":
-        return GradualPruner(final=cfg.sparsity, start=int(cfg.prune_start * total_steps),
-                             end=max(int(cfg.prune_end * total_steps), int(cfg.prune_start * total_steps) + 1),
+        start, end = prune_window(cfg, total_steps)
+        return GradualPruner(final=cfg.sparsity, start=start, end=end,
                              every=max(1, cfg.prune_every), scope=cfg.prune_scope,
                              distribution=cfg.distribution, first_layer_dense=cfg.first_layer_dense)
     grow = grow_by_gradient if kind == "rigl" else grow_random
+    schedule = None
+    if cfg.drop_schedule == "lr":
+        if lr is None:
+            raise ValueError("--drop-schedule lr needs the learning-rate schedule")
+        schedule = functools.partial(lr_scaled_fraction, alpha=cfg.drop_fraction, lr=lr)
     return DynamicSparse(every=max(1, cfg.update_every), end=int(cfg.update_end * total_steps),
-                         alpha=cfg.drop_fraction, grow=grow, seed=seed)
+                         alpha=cfg.drop_fraction, grow=grow, seed=seed, schedule=schedule)

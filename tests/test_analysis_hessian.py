@@ -13,7 +13,7 @@ from analysis.runs import Run
 from landscape.exact import exact_hessian
 from landscape.params import ParamSpace
 from sparse_training.errors import UserError
-from sparse_training.trainer import fixed_indices
+from sparse_training.metrics import metric_indices
 
 RIGL = "mlp-digits-s0.9-rigl-seed0"
 
@@ -31,7 +31,7 @@ def test_cli_eigenvalues_equal_eigh_of_the_exact_hessian(smoke_runs, tmp_path, c
     assert (out / "hessian.png").stat().st_size > 0
     run = Run(smoke_runs / RIGL)
     data = run.dataset()
-    idx = fixed_indices(len(data.x_train), examples)[0]  # the trainer's metrics batch, cut to 200
+    idx = metric_indices(len(data.x_train), examples)  # the trainer's metrics batch, cut to 200
     x, y = data.x_train[idx], data.y_train[idx]
     for phase in ("pre", "post"):
         model = run.model(40, phase)

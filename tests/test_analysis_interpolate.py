@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import add_other_architecture_run, empty_or_unrelated_runs
 
 from analysis import interpolate
 from analysis.interpolate import alpha_grid, barrier, parse_point
 from analysis.runs import Run
 from sparse_training.errors import UserError
-from sparse_training.metrics import evaluate
 
 RUN = "mlp-digits-s0.9-{}-seed{}"
 PRUNE = RUN.format("prune", 0)
@@ -58,12 +58,14 @@ def test_parse_point():
 
 # --- the CLI against direct evaluation ---------------------------------------------------------
 def _direct(runs: Path, point: str, split: str = "train") -> tuple[float, float]:
-    """Loss and accuracy of a checkpoint by sparse_training.metrics.evaluate (another code path)."""
+    """Loss and accuracy of a checkpoint computed directly (one forward pass, torch's cross-entropy)."""
     p = parse_point(point)
     run = Run(runs / p.run_id)
     data = run.dataset()
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
-    return evaluate(run.model(p.which, p.phase), x, y)
+    with torch.no_grad():
+        logits = run.model(p.which, p.phase)(x).double()
+    return float(torch.nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).double().mean())
 
 
 def test_default_paths_endpoints_equal_direct_evaluation(smoke_runs, tmp_path, capsys):

@@ -11,8 +11,8 @@ from scipy.special import logsumexp
 from torch import nn
 
 from sparse_training.masks import Masks, maskable_names
+from landscape.evaluate import evaluate
 from sparse_training.metrics import (
-    evaluate,
     gradient_flow,
     layer_of,
     masked_gradient,
@@ -205,6 +205,7 @@ def test_preserved_buffers_restores_on_error():
 
 @pytest.mark.parametrize("batch_size", [1000, 10, 7])
 def test_evaluate_matches_manual_cross_entropy_and_accuracy(batch_size):
+    """The trainer's test loss comes from landscape.evaluate (the one evaluate): eval mode, state restored."""
     model = bn_mlp(4)
     model.train()
     with torch.no_grad():  # non-trivial running statistics, so eval mode differs from train mode
@@ -212,7 +213,8 @@ def test_evaluate_matches_manual_cross_entropy_and_accuracy(batch_size):
             model(torch.randn(32, 6) * 2 + 1)
     x, y = data(n=37, seed=4)
     before = buffers_of(model)
-    loss, acc = evaluate(model, x, y, batch_size=batch_size)
+    res = evaluate(model, (x, y), batch_size=batch_size)
+    loss, acc = res.loss, res.accuracy
     assert model.training  # mode restored
     assert all(torch.equal(v, before[k]) for k, v in buffers_of(model).items())
     model.eval()

@@ -198,11 +198,59 @@ def test_dry_run_lists_runs(capsys, tmp_path: Path):
 def test_set_overrides_every_run_and_renames_ids():
     from sparse_training.presets import parse_overrides
 
-    specs = preset_runs("paper-lenet5", 1, parse_overrides(["dataset=cifar10", "model=vgg16", "epochs=3"]))
-    assert all(s.config.dataset == "cifar10" and s.config.epochs == 3 for s in specs)
+    specs = preset_runs("paper-lenet5", 1, parse_overrides(["dataset=cifar10", "model=vgg16"]))
+    assert all(s.config.dataset == "cifar10" for s in specs)
     lottery = next(s for s in specs if s.config.method == "lottery")
     assert lottery.run_id == "vgg16-cifar10-s0.95-lottery-seed0"
     assert lottery.parent == "vgg16-cifar10-s0.95-prune-seed0" == lottery.depends_on[0]
+
+
+@pytest.mark.parametrize("preset", ["smoke", "scsdc"])
+@pytest.mark.parametrize("items", [["epochs=3"], ["lr=0.01"], ["sparsity=0.8"], ["dataset=digits", "steps=40"],
+                                   ["model=mlp"]])
+def test_set_renames_never_collide_with_other_settings(preset, items):
+    """A renamed run keeps its preset id only when its settings are the preset's own; ids stay unique."""
+    from sparse_training.presets import parse_overrides
+
+    plain = {s.run_id: s.config for s in preset_runs(preset, 2)}
+    others = {s.run_id: s.config for s in preset_runs(preset, 2, parse_overrides(["epochs=7"]))}
+    specs = preset_runs(preset, 2, parse_overrides(items))
+    ids = [s.run_id for s in specs]
+    assert len(ids) == len(set(ids))
+    for s in specs:
+        for existing in (plain, others):
+            if s.run_id in existing:  # the same id must mean the same run
+                assert existing[s.run_id].identity() == s.config.identity(), (items, s.run_id)
+        assert all(d in ids for d in s.depends_on)
+
+
+def test_set_on_sparsity_renames_the_small_dense_run():
+    """small-dense's width follows the sparsity, though its id does not spell the sparsity out."""
+    from sparse_training.presets import parse_overrides
+
+    plain = next(s for s in preset_runs("smoke", 1) if s.config.method == "small-dense")
+    moved = next(s for s in preset_runs("smoke", 1, parse_overrides(["sparsity=0.8"]))
+                 if s.config.method == "small-dense")
+    assert moved.run_id != plain.run_id and moved.run_id.startswith(plain.run_id)
+
+
+def test_suite_refuses_an_out_dir_holding_other_settings(tmp_path, capsys):
+    """Before: the complete run of other settings was 'skipped (complete)' as if it were this one."""
+    import json
+
+    out = tmp_path / "runs"
+    spec = preset_runs("smoke", 1)[0]
+    other = json.loads(json.dumps(spec.config.to_dict()))
+    other["epochs"] = 99
+    (out / spec.run_id).mkdir(parents=True)
+    (out / spec.run_id / "config.json").write_text(json.dumps(other))
+    before = sorted(p.name for p in out.rglob("*"))
+    for extra in (["--dry-run"], []):
+        with pytest.raises(SystemExit) as exc:
+            main(["--preset", "smoke", "--seeds", "1", "--out", str(out), "--quiet", *extra])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "already holds a run with other settings (epochs)" in err
+        assert sorted(p.name for p in out.rglob("*")) == before
 
 
 @pytest.mark.parametrize("item", ["nokey", "bogus=1", "epochs=many", "method=dense"])

@@ -72,12 +72,12 @@ def test_masked_weights_stay_zero_and_grad_norm_is_masked(scratch_run):
 def test_grad_norm_matches_direct_computation(scratch_run):
     """The logged step-0 gradient norm equals a direct masked-gradient computation on the fixed batch."""
     from analysis.runs import Run
-    from sparse_training.trainer import fixed_indices
+    from sparse_training.metrics import metric_indices
 
     run = Run(scratch_run.path)
     model = run.model("start")
     data = run.dataset()
-    idx, _ = fixed_indices(len(data.x_train), 1000)
+    idx = metric_indices(len(data.x_train), 1000)  # the batch analyses use too
     model.train()
     loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
     grads = torch.autograd.grad(loss, list(model.parameters()))
@@ -217,3 +217,32 @@ def test_help_lists_flags(capsys):
     out = capsys.readouterr().out
     for flag in ("--method", "--sparsity", "--resume", "--device", "--update-every", "--prune-start"):
         assert flag in out
+
+
+def test_match_width_states_and_checks_the_sparsity_it_realises(tmp_path, capsys):
+    """--match-width fixes the active counts; a --sparsity that disagrees (e.g. the default 0.95) is refused,
+    the right one is recorded with the realised value and printed."""
+    from sparse_training.masks import Masks
+
+    # mlp 64-16-16-10 at width 0.5 has 64*8 + 8*8 + 8*10 = 656 weights of the wide net's 1,440
+    realised = 1 - 656 / 1440
+    with pytest.raises(SystemExit) as exc:
+        train(tmp_path, "--method", "scratch", "--match-width", "0.5", "--run-id", "a")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"pass --sparsity {realised:.4f}" in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+    assert train(tmp_path, "--method", "scratch", "--match-width", "0.5", "--sparsity", f"{realised:.4f}",
+                 "--run-id", "b", "--steps", "2") == 0
+    assert f"realises sparsity {realised:.4f}" in capsys.readouterr().out
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    start = RunDir(tmp_path / "b").load("start")
+    assert config["realised_sparsity"] == pytest.approx(realised) == Masks(start["masks"]).sparsity()
+
+
+@pytest.mark.parametrize("extra", [["--method", "prune"], ["--method", "dense"], ["--method", "scratch", "--match-width", "0"]])
+def test_match_width_refused_where_it_would_be_ignored(tmp_path, capsys, extra):
+    args = extra if "--match-width" in extra else [*extra, "--match-width", "0.5"]
+    with pytest.raises(SystemExit) as exc:
+        train(tmp_path, *args, "--run-id", "x")
+    assert exc.value.code == 2 and "--match-width" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

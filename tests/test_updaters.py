@@ -9,6 +9,7 @@ from torch import nn
 
 from sparse_training.config import TrainConfig
 from sparse_training.distributions import active_counts, layer_densities
+from sparse_training.errors import UserError
 from sparse_training.masks import Masks
 from sparse_training.models import build_model
 from sparse_training.updaters import (
@@ -258,6 +259,36 @@ def test_gradual_pruner_first_layer_dense():
     assert masks.active_counts()["layers.1.weight"] == round(1024 * 256 / 1152)
 
 
+def test_gradual_pruner_global_honours_first_layer_dense():
+    """--prune-scope global with --first-layer-dense: the first layer stays dense, the rest are ranked together."""
+    model = small_mlp(3)
+    with torch.no_grad():  # a small first layer would be pruned hardest by a global ranking
+        model.layers[0].weight.mul_(0.01)
+    masks = Masks.dense(model)
+    params = dict(model.named_parameters())
+    flat_w = torch.cat([params[n].detach().abs().reshape(-1) for n in list(masks)[1:]])
+    pruner = GradualPruner(final=0.5, start=0, end=1, every=1, scope="global", first_layer_dense=True)
+    pruner.update(1, model, masks, torch.optim.SGD(model.parameters(), lr=0.1), dict)
+    assert bool(masks["layers.0.weight"].all())
+    assert abs(masks.sparsity() - 0.5) * masks.numel() <= 1
+    keep = round(0.5 * masks.numel()) - masks["layers.0.weight"].numel()
+    rest = torch.cat([masks[n].reshape(-1) for n in list(masks)[1:]])
+    assert torch.equal(rest, brute_top(flat_w, torch.ones_like(rest), keep))
+    with pytest.raises(UserError, match="first layer kept dense"):
+        GradualPruner(final=0.9, start=0, end=1, every=1, scope="global", first_layer_dense=True).update(
+            1, model, Masks.dense(model), torch.optim.SGD(model.parameters(), lr=0.1), dict)
+
+
+def test_global_prune_scope_refuses_a_distribution():
+    from sparse_training.trainer import validate
+
+    base = dict(model="mlp", dataset="digits", method="prune", sparsity=0.9, prune_scope="global")
+    validate(TrainConfig(**base))  # the default distribution is accepted (and has no effect)
+    with pytest.raises(UserError, match="--distribution uniform would be ignored"):
+        validate(TrainConfig(**base, distribution="uniform"))
+    validate(TrainConfig(**{**base, "prune_scope": "layer"}, distribution="uniform"))
+
+
 # ---------------------------------------------------------------------------
 # RigL and SET
 
@@ -297,14 +328,72 @@ def test_rigl_update_drops_smallest_grows_largest_gradient():
         grown = brute_top(grads[n].abs(), ~kept, n_swap)
         assert torch.equal(masks[n], kept | grown), n
         p, buf = params[n].detach(), opt.state[params[n]]["momentum_buffer"]
-        assert torch.equal(p[grown], torch.zeros(n_swap))  # grown weights start at zero
-        assert torch.equal(buf[grown], torch.zeros(n_swap))  # ... with zero momentum
-        assert torch.equal(p[kept], weights[n][kept])  # kept weights untouched
-        assert torch.equal(buf[kept], momenta[n][kept])
+        fresh, regrown = grown & ~old[n], grown & old[n]
+        assert torch.equal(p[fresh], torch.zeros(int(fresh.sum())))  # newly grown weights start at zero
+        assert torch.equal(buf[fresh], torch.zeros(int(fresh.sum())))  # ... with zero momentum
+        assert torch.equal(p[kept | regrown], weights[n][kept | regrown])  # kept/regrown weights untouched
+        assert torch.equal(buf[kept | regrown], momenta[n][kept | regrown])
         assert torch.equal(p[~masks[n]], torch.zeros_like(p[~masks[n]]))
         assert torch.equal(buf[~masks[n]], torch.zeros_like(buf[~masks[n]]))
-        total_grown += n_swap
+        total_grown += int(fresh.sum())
     assert info["grown"] == total_grown > 0
+
+
+def test_rigl_regrown_connection_keeps_its_weight_and_momentum():
+    """A connection dropped and regrown in the same update keeps its value and momentum (rigl_tf2's
+    generic_mask_update zeroes only connections that were inactive); the old code zeroed it."""
+    layer = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, 5.0, 3.0, 0.0]]))
+    masks = Masks({"weight": torch.tensor([[True, True, True, False]])})
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    layer.weight.grad = torch.ones_like(layer.weight)
+    opt.step()  # momentum buffer 1 everywhere; weights move by -0.1
+    masks.apply(layer)
+    masks.mask_optimizer_state(opt, layer)
+    before = layer.weight.detach().clone()
+    assert before[0, 0].item() == pytest.approx(0.4)
+    # one swap (int(0.34 * 3) = 1): the smallest active weight (index 0) is dropped, and it also has
+    # the largest dense gradient, so it is grown straight back
+    rigl = DynamicSparse(every=1, end=10, alpha=0.34, schedule=lambda step: 0.34)
+    grads = {"weight": torch.tensor([[9.0, 0.0, 0.0, 1.0]])}
+    info = rigl.update(1, layer, masks, opt, lambda: grads)
+    assert torch.equal(masks["weight"], torch.tensor([[True, True, True, False]]))
+    assert torch.equal(layer.weight.detach(), before)
+    assert torch.equal(opt.state[layer.weight]["momentum_buffer"], torch.tensor([[1.0, 1.0, 1.0, 0.0]]))
+    assert info["grown"] == 0 and info["dropped"] == 0
+    # a truly new connection still starts at zero with zero momentum
+    grads = {"weight": torch.tensor([[0.0, 0.0, 0.0, 9.0]])}
+    rigl.update(2, layer, masks, opt, lambda: grads)
+    assert torch.equal(masks["weight"], torch.tensor([[False, True, True, True]]))
+    assert layer.weight[0, 3].item() == 0.0
+    assert opt.state[layer.weight]["momentum_buffer"][0, 3].item() == 0.0
+
+
+def test_lr_scaled_drop_fraction_follows_learning_rate():
+    from sparse_training.trainer import lr_at
+    from sparse_training.updaters import make_updater
+
+    cfg = TrainConfig(method="rigl", lr=0.05, drop_fraction=0.3, drop_schedule="lr", update_end=1.0,
+                      update_every=100)
+    total = 11719
+    rigl = make_updater(cfg, "rigl", total, 0, lr=lambda t: lr_at(cfg, t, total))
+    for step in (100, 5000, 11700):
+        assert rigl.fraction(step) == pytest.approx(0.3 * lr_at(cfg, step, total) / 0.05)
+    assert rigl.is_update_step(11700) and not rigl.is_update_step(11750)
+    assert rigl.fraction(5859) == pytest.approx(0.15, abs=1e-4)  # half way: cosine at pi/2
+
+
+def test_prune_window_in_absolute_steps():
+    from sparse_training.updaters import make_updater, prune_window
+
+    cfg = TrainConfig(method="prune", sparsity=0.95, prune_begin_step=3000, prune_end_step=7000,
+                      prune_every=100)
+    assert prune_window(cfg, 11719) == (3000, 7000)
+    pruner = make_updater(cfg, "prune", 11719, 0)
+    steps = [t for t in range(11720) if pruner.is_update_step(t)]
+    assert steps == list(range(3000, 7001, 100))
+    assert pruner.target(3000) == 0.0 and pruner.target(7000) == pytest.approx(0.95)
 
 
 def test_rigl_keeps_counts_over_many_updates():
