@@ -47,6 +47,7 @@ from analysis.runs import (
     runs_from_args,
     pool_from_args,
 )
+from landscape.curves import barrier_above_chord
 from landscape.interpolate import interpolate
 from sparse_training.data import Dataset
 from sparse_training.errors import UserError, cli_entry
@@ -88,16 +89,12 @@ def _index_of(alphas: np.ndarray, value: float) -> int:
 def barrier(alphas: Sequence[float] | np.ndarray, losses: Sequence[float] | np.ndarray) -> float:
     """The loss barrier of a path: ``max over alpha in [0, 1] of loss(alpha) - ((1-alpha) loss(0) + alpha loss(1))``.
 
-    The height of the curve above the chord between its endpoints (Frankle et al. 2020's linear mode
-    connectivity); 0 for a convex (or straight) curve, since alpha = 0 is among the points. ``alphas``
+    The height of the curve above the chord between its endpoints (Entezari et al. 2022; Frankle et
+    al. 2020 measure instead the maximum minus the endpoints' mean, see
+    ``landscape.curves.barrier_max_minus_mean``); 0 for a convex (or straight) curve. ``alphas``
     must contain 0 and 1.
     """
-    a = np.asarray(alphas, dtype=np.float64)
-    y = np.asarray(losses, dtype=np.float64)
-    y0, y1 = y[_index_of(a, 0.0)], y[_index_of(a, 1.0)]
-    inside = (a >= -1e-9) & (a <= 1 + 1e-9)
-    chord = (1 - a[inside]) * y0 + a[inside] * y1
-    return float(np.max(y[inside] - chord))
+    return barrier_above_chord(alphas, losses)
 
 
 # --- points and paths -------------------------------------------------------------------------

@@ -410,3 +410,22 @@ def resolve_device(name: str) -> torch.device:
     from sparse_training.trainer import select_device
 
     return select_device(name)
+
+
+def union_masks(checkpoints: Iterable[dict]) -> dict[str, torch.Tensor]:
+    """The union (logical or) of the checkpoints' masks: the support of paths, planes and curves between them.
+
+    A parameter masked in one checkpoint and absent (dense) in another is dense in the union.
+    """
+    ckpts = list(checkpoints)
+    names = set.intersection(*(set(c.get("masks") or {}) for c in ckpts)) if ckpts else set()
+    out = {}
+    for name in sorted(names):
+        m = ckpts[0]["masks"][name].bool()
+        for c in ckpts[1:]:
+            other = c["masks"][name].bool()
+            if other.shape != m.shape:
+                raise UserError(f"the checkpoints' masks of {name} have different shapes; they are not one architecture.")
+            m = m | other
+        out[name] = m
+    return out

@@ -37,14 +37,16 @@ threshold, the figure, and ``samples``: a function that takes the loaded data (:
 runs directory and its analysis CSVs) and returns the keyword arguments of the test, e.g.
 ``{"a": ..., "b": ...}`` for a paired test or ``{"x": ..., "y": ...}`` for a correlation. A measure that
 a setting cannot provide raises :class:`NoData` and the claim is ``inconclusive`` there with n = 0.
-:func:`evaluate` judges one row; :func:`evaluate_all` a table; :func:`verdict_frame` makes the tidy
+:func:`evaluate_claim` judges one row; :func:`evaluate_all` a table; :func:`verdict_frame` makes the tidy
 ``claims.csv`` rows. Adding a claim is adding a row::
 
     Claim(id="T1", paper="Tessera et al. 2021", statement="...", measure="...", source="gradflow_runs.csv",
           comparison="rigl+ - rigl, paired by seed", test="wilcoxon", direction="greater", threshold=0.0,
           figure="fig4_gradient_norm.png", samples=lambda data: {"a": ..., "b": ...})
 
-The Evci et al. and Tessera et al. rows live in :mod:`figures.evci_claims`.
+The Evci et al. and Tessera et al. rows live in :mod:`figures.evci_claims`; ``figures.paper`` judges the
+table ``figures.paper.CLAIMS`` in every setting, so another table joins the report by being added there
+(``CLAIMS = EVCI_CLAIMS + MORE_CLAIMS``; ids must be unique).
 """
 from __future__ import annotations
 
@@ -494,7 +496,7 @@ TESTS: dict[str, Callable[..., Verdict]] = {
 }
 
 
-def evaluate(claim: Claim, data: ClaimData) -> Verdict:
+def evaluate_claim(claim: Claim, data: ClaimData) -> Verdict:
     """Judge one claim row on one setting's data (inconclusive with n = 0 when the data lack its measure)."""
     try:
         samples = dict(claim.samples(data))
@@ -506,7 +508,7 @@ def evaluate(claim: Claim, data: ClaimData) -> Verdict:
 
 def evaluate_all(table: Sequence[Claim], data: ClaimData) -> list[Verdict]:
     """Judge every row of a claim table on one setting."""
-    return [evaluate(c, data) for c in table]
+    return [evaluate_claim(c, data) for c in table]
 
 
 VERDICT_COLUMNS = ["setting", "claim", "paper", "statement", "measure", "source", "comparison", "direction",

@@ -43,6 +43,8 @@ from figures.evci_claims import EVCI_CLAIMS
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv, atomic_write_text
 
+from . import beyond
+
 FORMATS = ("png", "pdf")
 CLAIMS: tuple[Claim, ...] = EVCI_CLAIMS
 TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank, paired, one-sided", "sign": "sign test, paired, one-sided",
@@ -106,14 +108,15 @@ STEPS = (
 )
 
 
-def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace) -> list[str]:
-    """Run every analysis whose outputs are missing (all with ``--force``); returns the ones run."""
+def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace,
+                         steps: tuple[Step, ...] = STEPS) -> list[str]:
+    """Run every analysis of ``steps`` whose outputs are missing (all with ``--force``); returns the ones run."""
     import importlib
 
     ran = []
     # outputs older than the newest finished run are stale
     newest = max((p.stat().st_mtime for p in runs.glob("*/status.json")), default=0.0)
-    for step in STEPS:
+    for step in steps:
         outputs = [analysis_dir / f for f in step.outputs]
         fresh = all(p.is_file() and p.stat().st_mtime >= newest for p in outputs) and step.current(analysis_dir)
         if fresh and not args.force:
@@ -122,7 +125,7 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
         t0 = time.perf_counter()
         print(f"[figures.paper] running analysis.{step.name} ...", flush=True)
         argv = step.argv(runs, analysis_dir, args)
-        if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian"):
+        if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian", "plane", "curve", "stability"):
             argv += ["--data-dir", args.data_dir]
         code = module.main(argv)
         if code:
@@ -333,11 +336,11 @@ def egf_table(corr: pd.DataFrame, out: Path) -> pd.DataFrame:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no tabulate dependency)."""
+    """A GitHub Markdown table (no tabulate dependency); a '|' inside a cell is escaped."""
     cols = list(frame.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for _, r in frame.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in r.values) + " |")
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v).replace("|", "\\|") for v in r.values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -426,7 +429,10 @@ def section_matrix(rep: Report) -> list[str]:
             "95% bound, matching the one-sided test at α = 0.05). **held**: p < 0.05 and the interval on the "
             "claimed side of the threshold; **not held**: the interval on the other side; **inconclusive**: "
             "the interval covers the threshold, or too few samples. Intervals come from the spread between "
-            "seeds (runs, updates), so float noise between machines cannot flip a clear verdict.", "",
+            "seeds (runs, updates), so float noise between machines cannot flip a clear verdict. With 3 seeds a "
+            "paired rank test cannot reach p < 0.05 (its smallest p is 1/8) and its interval is unbounded "
+            "([−∞, ∞]); with 2 or fewer there is no test (n = 2). The effect is in the measure's units: see "
+            "\"How each claim is tested\" and each setting's claims table for the names.", "",
             markdown(claims_matrix(rep.settings, rep.claims)), ""]
 
 
@@ -467,9 +473,23 @@ def section_settings(rep: Report) -> list[str]:
     return lines
 
 
+def section_beyond(rep: Report) -> list[str]:
+    """The "Beyond the paper" section (figures.beyond) of each setting whose analyses computed it."""
+    lines: list[str] = []
+    for s in rep.settings:
+        if not (s.analysis / "plane.csv").is_file() and not (s.analysis / "curve_summary.csv").is_file():
+            continue
+        text = beyond.markdown(s.analysis, s.out)
+        if len(rep.settings) > 1:  # one section per setting, named and linked to its own figures
+            fig = "" if s.out == rep.out else _rel(s.out, rep.out) + "/"
+            text = text.replace("## Beyond the paper", f"## Beyond the paper: {s.name}", 1).replace("](beyond_", f"]({fig}beyond_")
+        lines.append(text)
+    return lines
+
+
 # The report is these sections in order; a new section is a function Report -> lines added here.
 REPORT_SECTIONS: list[Callable[[Report], list[str]]] = [section_header, section_matrix, section_tests,
-                                                        section_settings]
+                                                        section_settings, section_beyond]
 
 
 def report(rep: Report) -> str:

@@ -1,10 +1,15 @@
-"""The main job (``make reproduce``): the paper-lenet5 suite, every analysis, the figures and REPORT.md.
+"""The main job (``make reproduce``): the paper-lenet5 suite, the stability suite, every analysis, the figures and REPORT.md.
 
     python -m figures.reproduce --out runs --seeds 5 --jobs 2
     python -m figures.reproduce --preset evci-lenet5 --out runs-evci --data-dir data --fetch --no-docs
 
 The second line is ``make reproduce-paper``: Evci et al.'s own protocol on full MNIST; ``--fetch``
 first fetches and verifies the full datasets the preset needs when the data directory lacks them.
+
+The ``stability`` preset's runs (Frankle et al. 2020's rewinding experiment, 22 short runs; for
+another family preset the same graph with that preset's model and data) go to ``<out>/_stability``; the analyses beyond the paper (``figures.beyond``: plane, curves, stability,
+per-layer Hessian spectra) write to ``<out>/_analysis`` like the others.
+
 Running it again reuses finished runs and analyses and takes seconds. The PNGs are also copied to
 ``docs/`` (for the README) unless ``--no-docs``.
 """
@@ -17,10 +22,16 @@ import time
 from pathlib import Path
 
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.presets import parse_overrides, preset_runs
+from sparse_training.presets import (
+    parse_overrides,
+    preset_runs,
+    preset_settings,
+    stability_graph,
+    stability_settings,
+)
 from sparse_training.suite import accuracy_table, format_accuracy_table, run_suite
 
-from . import paper
+from . import beyond, paper
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -56,7 +67,7 @@ def ensure_data(specs, data_dir: str | None, fetch: bool) -> None:
         except UserError:
             if not fetch or dataset not in FETCHABLE or not data_dir:
                 raise
-            print(f"[0/3] {dataset} is missing from {data_dir}; fetching it", flush=True)
+            print(f"[0/4] {dataset} is missing from {data_dir}; fetching it", flush=True)
             fetch_dataset(dataset, data_dir)
 
 
@@ -66,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
     ensure_data(specs, args.data_dir, args.fetch)
-    print(f"[1/3] {args.preset} suite: {len(specs)} runs, {args.jobs} at a time -> {args.out}/", flush=True)
+    print(f"[1/4] {args.preset} suite: {len(specs)} runs, {args.jobs} at a time -> {args.out}/", flush=True)
     results = run_suite(specs, args.out, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
     failed = results[results["state"] == "failed"]
     table = accuracy_table(args.out, specs)
@@ -74,11 +85,31 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed):
         print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
         return 1
-    print(f"\n[2/3] analyses and figures ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    code = paper.main([args.out, "--interp-examples", str(args.interp_examples),
-                       "--hessian-examples", str(args.hessian_examples),
-                       "--hessian-updates", str(args.hessian_updates)]
-                      + (["--data-dir", args.data_dir] if args.data_dir else []))
+    # the stability experiment with the preset's own model and data (for paper-lenet5: the stability preset)
+    settings = preset_settings(args.preset)
+    stab_dir = Path(args.out) / beyond.STABILITY_DIR
+    t1 = time.perf_counter()
+    steps = beyond.steps()
+    if settings:
+        stab = stability_graph(stability_settings({**settings, **parse_overrides(args.set)}), 2)
+        print(f"\n[2/4] stability suite: {len(stab)} runs -> {stab_dir}/", flush=True)
+        stab_results = run_suite(stab, stab_dir, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
+        if (stab_results["state"] == "failed").any():
+            print(f"stability run(s) failed: see {stab_dir / '_logs'}", file=sys.stderr)
+            return 1
+    else:
+        print(f"\n[2/4] preset {args.preset} has no family settings: no stability runs", flush=True)
+        steps = tuple(s for s in steps if s.name != "stability")
+    paper_argv = [args.out, "--interp-examples", str(args.interp_examples), "--hessian-examples",
+                  str(args.hessian_examples), "--hessian-updates", str(args.hessian_updates)]
+    paper_argv += ["--data-dir", args.data_dir] if args.data_dir else []
+    print(f"\n[3/4] analyses beyond the paper ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    paper.run_missing_analyses(Path(args.out), Path(args.out) / "_analysis", paper.build_parser().parse_args(paper_argv),
+                               steps)
+    print(f"[figures.reproduce] stability suite and analyses beyond the paper took {time.perf_counter() - t1:.0f} s",
+          flush=True)
+    print(f"\n[4/4] the paper's analyses, figures and REPORT.md ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    code = paper.main(paper_argv)
     if code:
         return code
     figures = Path(args.out) / "_figures"
@@ -89,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for table in ("table1_ensemble.md", "table1_vs_paper.md"):
             shutil.copyfile(figures / table, DOCS / table)
         shutil.copyfile(figures / "REPORT.md", DOCS / "REPORT.md")
-    print(f"\n[3/3] done in {time.perf_counter() - t0:.0f} s. Report: {figures / 'REPORT.md'}")
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Report: {figures / 'REPORT.md'}")
     return 0
 
 

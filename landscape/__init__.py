@@ -4,8 +4,23 @@ Works on any ``nn.Module``, loss function and data; masks are plain ``{param_nam
 dicts. Nothing here imports ``sparse_training``, ``analysis`` or ``figures``.
 """
 from .evaluate import EvalResult, evaluate, iterate_batches, predict_labels, predict_logits
+from .curves import (
+    BezierCurve,
+    barrier_above_chord,
+    barrier_max_minus_mean,
+    bezier_point,
+    evaluate_curve,
+    train_bezier,
+)
 from .exact import dense_matrix, exact_hessian
-from .hessian import HessianOperator, LambdaOperator, SymmetricOperator, gradient
+from .hessian import (
+    HessianOperator,
+    LambdaOperator,
+    SymmetricOperator,
+    gradient,
+    layer_groups,
+    layer_operators,
+)
 from .interpolate import (
     PathResult,
     PlaneResult,
@@ -14,6 +29,7 @@ from .interpolate import (
     interpolate,
     plane,
     plane_coordinates,
+    project_to_plane,
     random_direction,
     recalibrate_bn,
     slice_1d,
@@ -30,6 +46,15 @@ from .lanczos import (
 from .params import ParamSpace, flatten_params, unflatten_params, weights_only
 
 __all__ = [
+    "BezierCurve",
+    "barrier_above_chord",
+    "barrier_max_minus_mean",
+    "bezier_point",
+    "evaluate_curve",
+    "train_bezier",
+    "layer_groups",
+    "layer_operators",
+    "project_to_plane",
     "EigenResult",
     "EvalResult",
     "HessianOperator",

@@ -464,9 +464,51 @@ def gradient(
     return op.gradient()
 
 
+def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Parameter names grouped by the module that owns them (``fc1`` -> ``fc1.weight``, ``fc1.bias``).
+
+    Modules appear in ``named_parameters`` order; a layer's block of the Hessian is taken over its
+    group's coordinates.
+    """
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        groups.setdefault(name.rpartition(".")[0] or name, []).append(name)
+    return {layer: tuple(names) for layer, names in groups.items()}
+
+
+def layer_operators(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    masks: Masks | None = None,
+    *,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
+    **kwargs,
+) -> dict[str, HessianOperator]:
+    """One :class:`HessianOperator` per layer: the diagonal block of the Hessian over that layer's active coordinates.
+
+    The block of layer ``l`` is ``H[I_l, I_l]`` with ``I_l`` the layer's coordinates in the full
+    active space (weights where the mask is True, and its biases); the other layers are held fixed,
+    so its eigenvalues are the curvature along directions that move only that layer. ``groups``
+    maps a layer name to its parameter names (default :func:`layer_groups`); other keyword
+    arguments go to :class:`HessianOperator`.
+    """
+    groups = layer_groups(model) if groups is None else groups
+    ops: dict[str, HessianOperator] = {}
+    for layer, names in groups.items():
+        wanted = frozenset(names)
+        layer_masks = {n: m for n, m in (masks or {}).items() if n in wanted}
+        ops[layer] = HessianOperator(
+            model, loss_fn, data, layer_masks, include=lambda n, p, w=wanted: n in w, **kwargs
+        )
+    return ops
+
+
 __all__ = [
     "HessianOperator",
     "LambdaOperator",
     "SymmetricOperator",
     "gradient",
+    "layer_groups",
+    "layer_operators",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -287,6 +287,38 @@ def _plane_geometry(
     return gamma, kappa, {"a": (0.0, 0.0), "b": (1.0, 0.0), "c": (gamma, 1.0 / kappa)}
 
 
+def project_to_plane(
+    space: ParamSpace, theta_a: Point, theta_b: Point, theta_c: Point, points: Sequence[Point]
+) -> np.ndarray:
+    """Plane coordinates (as in :func:`plane_coordinates`) of the orthogonal projections of ``points``.
+
+    Returns an array of shape ``(len(points), 3)``: ``alpha``, ``beta`` and the distance from the
+    point to the plane, all in units of ``|b - a|`` (so a training trajectory can be drawn on the
+    plane and one can see how far off it it runs).
+    """
+    _plane_geometry(space, theta_a, theta_b, theta_c)  # refuses coinciding or collinear points
+    va, vb, vc = (_as_cpu_vector(space, p) for p in (theta_a, theta_b, theta_c))
+    u = vb - va
+    unit = float(torch.linalg.vector_norm(u))
+    gamma = float((vc - va) @ u) / unit**2
+    v = (vc - va) - gamma * u
+    v = v / torch.linalg.vector_norm(v)
+    out = np.empty((len(points), 3))
+    for i, p in enumerate(points):
+        w = _as_cpu_vector(space, p) - va
+        alpha = float(w @ u) / unit**2
+        beta = float(w @ v) / unit
+        off = w - alpha * u - beta * unit * v
+        out[i] = (alpha, beta, float(torch.linalg.vector_norm(off)) / unit)
+    return out
+
+
+def _as_cpu_vector(space: ParamSpace, p: Point) -> torch.Tensor:
+    if isinstance(p, torch.Tensor):
+        return p.detach().double().cpu()
+    return space.to_vector(p, dtype=torch.float64, device="cpu")
+
+
 def plane(
     model: nn.Module,
     theta_a: Point,
@@ -305,6 +337,7 @@ def plane(
     recalibration_batches: int | None = None,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
+    progress: Callable[[], object] | None = None,
 ) -> PlaneResult:
     """Loss and accuracy on the plane through three points, on a grid of plane coordinates.
 
@@ -312,7 +345,8 @@ def plane(
     ``ParamSpace(model)``, unit ``|b - a|``). The default grid has ``grid_size`` points per axis
     covering the three points with ``margin`` of the larger span on each side. A grid point is an
     affine combination of a, b and c, applied to every state entry (buffers too) for state_dicts.
-    Other arguments as for :func:`interpolate`.
+    ``progress()`` is called after each grid point (e.g. a progress bar's update). Other arguments
+    as for :func:`interpolate`.
     """
     geometry_space = space if space is not None else ParamSpace(model)
     gamma, kappa, anchors = _plane_geometry(geometry_space, theta_a, theta_b, theta_c)
@@ -341,6 +375,8 @@ def plane(
             # alpha * u + beta * kappa * v, rewritten on (b - a) and (c - a)
             surface.load([alpha - beta * kappa * gamma, beta * kappa])
             loss[i, j], acc[i, j] = sweep.score()
+            if progress is not None:
+                progress()
     return PlaneResult(
         alphas=alphas, betas=betas, loss=loss, accuracy=acc, anchors=anchors,
         recalibrated=sweep.recalibrate,
@@ -516,6 +552,7 @@ __all__ = [
     "interpolate",
     "plane",
     "plane_coordinates",
+    "project_to_plane",
     "random_direction",
     "recalibrate_bn",
     "slice_1d",

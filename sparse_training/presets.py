@@ -88,6 +88,43 @@ def family_graph(base: dict, seeds: int, per_method: dict[str, dict] | None = No
     return specs
 
 
+STABILITY_REWINDS = (0, 50, 100, 250, 500)
+
+
+def stability_settings(base: dict) -> dict:
+    """A family preset's settings shortened for the stability experiment: 1,000 steps, fewer metric rows."""
+    return {**base, "steps": 1000, "log_every": 250}
+
+
+# Stability to SGD noise (Frankle et al. 2020) at laptop cost: LeNet-5 as paper-lenet5 but 1,000 steps
+# (8 epochs), one parent per family (seed 0).
+_STABILITY = stability_settings(_PAPER_LENET5)
+
+
+def stability_graph(base: dict, copies: int, rewinds: tuple[int, ...] = STABILITY_REWINDS) -> list[RunSpec]:
+    """Frankle et al. (2020)'s instability analysis as a run graph.
+
+    A prune run and a dense run (seed 0) keep their checkpoints at the ``rewinds`` steps; for every
+    rewind step k, ``copies`` lottery tickets (the prune run's end mask, its weights at step k) and
+    ``copies`` dense networks (the dense run's weights at step k; a ``lottery`` run whose parent is
+    dense keeps the dense, all-True mask) are trained on with different data orders (seeds 1, 2, ...;
+    nothing else of a lottery run depends on its seed). ``analysis.stability`` measures the barrier
+    between the copies' ends against k.
+    """
+    if copies < 2:
+        raise UserError("the stability preset needs at least 2 copies per rewind step (--seeds 2).")
+    save = ",".join(str(k) for k in rewinds if k > 0)
+    parents = {"lottery": ("stability-prune-seed0", "prune"), "dense": ("stability-dense-seed0", "dense")}
+    specs = [RunSpec(run_id, TrainConfig(**{**base, "method": method, "seed": 0, "save_steps": save}))
+             for run_id, method in parents.values()]
+    for family, (parent, _) in parents.items():
+        for k in rewinds:
+            for s in range(1, copies + 1):
+                cfg = TrainConfig(**{**base, "method": "lottery", "seed": s, "rewind": k})
+                specs.append(RunSpec(f"stability-{family}-k{k}-seed{s}", cfg, parent, (parent,)))
+    return specs
+
+
 # Tessera et al.'s regularization settings: each name -> the training flags it sets (none: no
 # weight decay, no augmentation, no skips, no BatchNorm; "bn+x" is BatchNorm together with x).
 REGULARIZATIONS: dict[str, dict] = {
@@ -198,6 +235,9 @@ PRESETS = {
               lambda n: same_capacity_graph(SCSDC, n), 5),
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
                        "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
+    "stability": ("stability to SGD noise (Frankle et al. 2020): LeNet-5 lottery tickets and dense networks "
+                  "rewound to steps 0-500 of one parent, 2 data orders each (--seeds = copies)",
+                  lambda n: stability_graph(_STABILITY, n), 2),
 }
 
 
@@ -284,4 +324,5 @@ def _tag(overrides: dict) -> str:
 def preset_settings(name: str) -> dict:
     """The shared training settings of a family preset (empty for the same-capacity ones)."""
     return {"smoke": _SMOKE, "paper-lenet5": _PAPER_LENET5, "paper-mlp": _PAPER_MLP,
-            "mnist1d": _MNIST1D, "evci-lenet5": _EVCI_LENET5, "evci-mlp": _EVCI_MLP}.get(name, {})
+            "mnist1d": _MNIST1D, "evci-lenet5": _EVCI_LENET5, "evci-mlp": _EVCI_MLP,
+            "stability": _STABILITY}.get(name, {})

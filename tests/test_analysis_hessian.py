@@ -90,6 +90,13 @@ def test_update_table_counts_negative_eigenvalues():
     assert count_negative(np.array([-1.0, -0.5]), top=-1.0) == 2
 
 
+def test_more_negative_needs_a_decrease_below_the_tolerance():
+    updates = pd.DataFrame({"min_pre": [-0.5, -0.5, 1e-5, -0.2], "min_post": [-0.9, -0.4, -1e-5, -0.3],
+                            "top_post": [3.0, 3.0, 3.0, -1.0]})
+    # deeper; shallower; decreased but within -1e-4 * 3 of zero (noise); deeper with lambda_max < 0 (tolerance 0)
+    assert hessian.more_negative(updates, 1e-4).tolist() == [True, False, False, True]
+
+
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exc:
         hessian.main(["--help"])

@@ -198,10 +198,10 @@ def test_claim_row_evaluates_and_missing_data_is_inconclusive(tmp_path):
                   test="wilcoxon", direction="greater", threshold=0.0, figure="f.png",
                   samples=lambda data: {"a": a, "b": b})
     data = C.ClaimData(tmp_path)
-    v = C.evaluate(row, data)
+    v = C.evaluate_claim(row, data)
     assert v.claim == "X1" and v.verdict == "held"
     missing = C.Claim(**{**row.__dict__, "id": "X2", "samples": lambda data: {"x": data.csv("nope.csv")}})
-    w = C.evaluate(missing, data)
+    w = C.evaluate_claim(missing, data)
     assert w.verdict == "inconclusive" and w.n == 0 and "nope.csv" in w.key
     frame = C.verdict_frame([row, missing], [v, w], "s")
     assert list(frame["verdict"]) == ["held", "inconclusive"] and list(frame.columns) == C.VERDICT_COLUMNS
@@ -244,7 +244,7 @@ def test_claim_7_on_the_paper_lenet5_numbers_is_not_held(tmp_path):
     data = C.ClaimData(tmp_path)
     by_id = {c.id: c for c in EVCI_CLAIMS}
     for cid in ("7a", "7b", "7c", "7d"):
-        v = C.evaluate(by_id[cid], data)
+        v = C.evaluate_claim(by_id[cid], data)
         assert v.n == n and v.verdict != "held", v
         assert v.ci_low <= 0 <= v.ci_high  # the interval of the difference covers 0
     # the old rule (best |tau| of EGF >= |tau| of ||g||_2) would have said held
