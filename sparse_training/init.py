@@ -26,7 +26,8 @@ from .errors import UserError
 from .masks import Masks, maskable_names
 from .models import SReLU
 
-SCHEMES = ("dense", "liu", "sparse", "glorot")
+SCHEMES = ("dense", "liu", "sparse")  # the schemes Evci et al. compare (analysis.signal's default)
+ALL_SCHEMES = (*SCHEMES, "glorot")  # plus Keras' default, for the paper-faithful presets
 GAINS = ("activation", "one")
 MODES = ("fanin", "fanout", "fanavg")
 SAMPLERS = ("normal", "uniform")
@@ -66,8 +67,8 @@ def _fans(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def weight_std(weight_shape: torch.Size, mask: torch.Tensor | None, scheme: str, gain: float,
                mode: str = "fanin") -> torch.Tensor:
     """The per-element standard deviation for a weight of ``weight_shape`` under ``scheme``."""
-    if scheme not in SCHEMES:
-        raise UserError(f"unknown init '{scheme}'; choose one of {', '.join(SCHEMES)}.")
+    if scheme not in ALL_SCHEMES:
+        raise UserError(f"unknown init '{scheme}'; choose one of {', '.join(ALL_SCHEMES)}.")
     if mode not in MODES:
         raise UserError(f"unknown init mode '{mode}'; choose one of {', '.join(MODES)}.")
     if scheme == "glorot":

@@ -12,10 +12,16 @@ from analysis import curve, hessian, plane, stability
 from analysis.runs import Run
 from landscape import exact_hessian
 from landscape.curves import barrier_max_minus_mean
-from sparse_training.metrics import evaluate
+from landscape.evaluate import evaluate as landscape_evaluate
 
 RUN = "mlp-digits-s0.9-{}-seed{}"
 PRUNE, LOTTERY, SCRATCH = RUN.format("prune", 0), RUN.format("lottery", 0), RUN.format("scratch", 0)
+
+
+def evaluate(model, x, y):
+    """(loss, accuracy) of ``model`` in eval mode on ``(x, y)``: the one evaluator, landscape.evaluate."""
+    result = landscape_evaluate(model, (x, y))
+    return result.loss, result.accuracy
 
 
 def _flat(state: dict, names: list[str]) -> torch.Tensor:
