@@ -31,7 +31,7 @@ test-all: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
 
-# Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~25 min on 2 idle cores)
+# Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~22 min on 2 idle cores)
 TESSERA_RUNS ?= runs-tessera
 .PHONY: reproduce-tessera
 reproduce-tessera: $(STAMP)
