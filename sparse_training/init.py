@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import UserError
 from .masks import Masks, maskable_names
+from .models import SReLU
 
 SCHEMES = ("dense", "liu", "sparse")  # the schemes Evci et al. compare (analysis.signal's default)
 ALL_SCHEMES = (*SCHEMES, "glorot")  # plus Keras' default, for the paper-faithful presets
@@ -31,13 +32,14 @@ GAINS = ("activation", "one")
 MODES = ("fanin", "fanout", "fanavg")
 SAMPLERS = ("normal", "uniform")
 
-# Gains preserve the second moment through the activation. ReLU, PReLU (slope 0.25), ELU and
-# swish use the ReLU-family value; the saturating ones use PyTorch's recommended values.
+# Gains preserve the second moment through the activation. ReLU, PReLU (slope 0.25), ELU, swish and
+# SReLU (leaky slope 0.2 at init) use the ReLU-family value; the saturating ones PyTorch's values.
 _GAINS = {
     "relu": math.sqrt(2.0),
     "prelu": math.sqrt(2.0 / (1 + 0.25**2)),
     "elu": math.sqrt(2.0),
     "swish": math.sqrt(2.0),
+    "srelu": math.sqrt(2.0 / (1 + 0.2**2)),  # starts as a leaky ReLU of slope 0.2 (models.SReLU)
     "tanh": 5.0 / 3.0,
     "sigmoid": 1.0,
     "linear": 1.0,
@@ -86,13 +88,16 @@ def weight_std(weight_shape: torch.Size, mask: torch.Tensor | None, scheme: str,
 @torch.no_grad()
 def initialize(model: nn.Module, masks: Masks | None = None, scheme: str = "dense",
                mode: str = "fanin", sampler: str = "normal", seed: int = 0,
-               generator: torch.Generator | None = None, gain: str = "activation") -> None:
+               generator: torch.Generator | None = None, gain: str = "activation",
+               reference: nn.Module | None = None) -> None:
     """Initialize ``model`` in place with ``scheme`` and apply ``masks``.
 
     ``gain``: ``activation`` uses the hidden activation's gain in hidden layers, ``one`` gain 1.
 
     Draws are made on the CPU from ``generator`` (or a fresh one seeded with ``seed``) so the
-    same seed gives the same bits on any device.
+    same seed gives the same bits on any device. With ``reference`` (scheme ``dense`` only), each
+    maskable layer draws from the distribution the same layer of ``reference`` gets: Tessera et
+    al.'s rule for a sparse-wide network paired with a dense-narrow ``reference``.
     """
     if sampler not in SAMPLERS:
         raise UserError(f"unknown init distribution '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
@@ -101,12 +106,23 @@ def initialize(model: nn.Module, masks: Masks | None = None, scheme: str = "dens
     names = maskable_names(model)
     if gain not in GAINS:
         raise UserError(f"unknown init gain '{gain}'; choose one of {', '.join(GAINS)}.")
+    ref_shapes = None
+    if reference is not None:
+        if scheme != "dense":
+            raise UserError(f"a reference network's init distribution applies to init 'dense', not '{scheme}'.")
+        ref_params = dict(reference.named_parameters())
+        ref_shapes = [ref_params[n].shape for n in maskable_names(reference)]
+        if len(ref_shapes) != len(names):
+            raise UserError("the reference network has a different number of maskable layers.")
     hidden_gain = activation_gain(getattr(model, "nonlinearity", "relu")) if gain == "activation" else 1.0
     for i, name in enumerate(names):
         w = params[name]
         layer_gain = 1.0 if i == len(names) - 1 else hidden_gain
         mask = masks[name].cpu() if masks is not None and name in masks else None
-        std = weight_std(w.shape, mask, scheme, layer_gain, mode)
+        if ref_shapes is None:
+            std = weight_std(w.shape, mask, scheme, layer_gain, mode)
+        else:  # a dense layer's std is one value: the reference layer's, over this layer's shape
+            std = weight_std(ref_shapes[i], None, scheme, layer_gain, mode).reshape(-1)[0].expand(w.shape)
         if sampler == "normal":
             noise = torch.randn(w.shape, generator=g, dtype=torch.float64)
         else:  # uniform on [-sqrt(3), sqrt(3)] has unit variance
@@ -123,5 +139,7 @@ def initialize(model: nn.Module, masks: Masks | None = None, scheme: str = "dens
             mod.reset_parameters()
         elif isinstance(mod, nn.PReLU):
             mod.weight.fill_(0.25)
+        elif isinstance(mod, SReLU):
+            mod.reset_parameters()
     if masks is not None:
         masks.apply(model)

@@ -49,7 +49,7 @@ def get_method(name: str) -> MethodSpec:
 
 def seed_for(seed: int, purpose: str) -> int:
     """A stable per-purpose seed, so init, mask, data order and growth draw from separate streams."""
-    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5, "reinit": 6, "dropout": 7}
+    offsets = {"init": 1, "mask": 2, "data": 3, "grow": 4, "shuffle": 5, "reinit": 6, "dropout": 7, "augment": 8}
     return int(seed) * 1_000_003 + offsets[purpose]
 
 
@@ -229,8 +229,15 @@ def prepare_start(cfg: TrainConfig, input_shape, num_classes: int) -> tuple[nn.M
         # Runs that start sparse draw from their own stream: with the dense stream, scratch seed s
         # would start from exactly the weights of prune seed s, i.e. from the lottery ticket.
         stream = "init" if spec.mask in ("none", "dense-then-prune") else "reinit"
+        # Tessera et al.: the active weights of a sparse-wide network come from the distribution
+        # of its dense-narrow partner's weights, not the wide layer's (smaller) dense-init one.
+        reference = build_for(cfg, input_shape, num_classes, width=cfg.match_width) \
+            if cfg.match_width and init_scheme == "dense" and spec.mask == "parent-or-random" and not cfg.parent \
+            else None
         initialize(model, masks if spec.mask != "none" else None, init_scheme, cfg.init_mode,
-                   cfg.init_dist, seed=seed_for(cfg.seed, stream), gain=cfg.init_gain)
+                   cfg.init_dist, seed=seed_for(cfg.seed, stream), gain=cfg.init_gain, reference=reference)
+        if reference is not None:
+            extra.update(init_reference_width=cfg.match_width)
     extra.update(init_scheme=init_scheme if spec.weights == "init" else "parent-rewind",
                  maskable_layers=maskable_names(model),
                  total_params=count_parameters(model), active_maskable=masks.num_active(),

@@ -16,24 +16,61 @@ from torch import nn
 
 from .errors import UserError
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+class SReLU(nn.Module):
+    """S-shaped ReLU (Jin et al. 2016), the activation of SET and of Tessera et al.'s study.
+
+    Piecewise linear with four learnable parameters per unit (``num_features`` of them, or one set
+    shared by all units): ``t_r + a_r (x - t_r)`` for ``x >= t_r``, ``x`` between the thresholds,
+    ``t_l + a_l (x - t_l)`` for ``x <= t_l``. It starts as a leaky ReLU of slope 0.2 (``t_l = 0``,
+    ``a_l = 0.2``, ``t_r = 1``, ``a_r = 1``; the right part is then the identity), so it has the
+    same init gain as that leaky ReLU and every parameter gets a gradient from the first step.
+    """
+
+    INIT = {"t_left": 0.0, "a_left": 0.2, "t_right": 1.0, "a_right": 1.0}
+
+    def __init__(self, num_features: int = 1):
+        super().__init__()
+        self.t_left, self.a_left, self.t_right, self.a_right = (
+            nn.Parameter(torch.full((num_features,), v)) for v in self.INIT.values())
+
+    def reset_parameters(self) -> None:
+        """Back to the initial leaky-ReLU shape."""
+        with torch.no_grad():
+            for name, value in self.INIT.items():
+                getattr(self, name).fill_(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # one value per unit / channel (dim 1)
+        tl, al, tr, ar = (p.reshape(shape) for p in (self.t_left, self.a_left, self.t_right, self.a_right))
+        right = tr + ar * (x - tr)
+        left = tl + al * (x - tl)
+        return torch.where(x >= tr, right, torch.where(x <= tl, left, x))
+
+
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "relu": nn.ReLU,
     "prelu": nn.PReLU,
     "swish": nn.SiLU,
     "elu": nn.ELU,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
+    "srelu": SReLU,
 }
 
 
-def make_activation(name: str) -> nn.Module:
-    """Return a fresh activation module by name (relu|prelu|swish|elu|sigmoid|tanh)."""
+def make_activation(name: str, num_features: int = 1) -> nn.Module:
+    """Return a fresh activation module by name (relu|prelu|swish|elu|sigmoid|tanh|srelu).
+
+    ``num_features`` is the number of units the activation follows; only SReLU uses it (one set of
+    parameters per unit). PReLU keeps one shared slope.
+    """
     try:
-        return ACTIVATIONS[name]()
+        factory = ACTIVATIONS[name]
     except KeyError:
         raise UserError(
             f"unknown activation '{name}'; choose one of {', '.join(ACTIVATIONS)}."
         ) from None
+    return factory(num_features) if factory is SReLU else factory()
 
 
 def _scaled(n: int, width: float) -> int:
@@ -93,7 +130,7 @@ class MLP(nn.Module):
         self.norms = nn.ModuleList(
             (nn.BatchNorm1d(b) if batchnorm else nn.Identity()) for b in dims[1:]
         )
-        self.acts = nn.ModuleList(make_activation(activation) for _ in dims[1:])
+        self.acts = nn.ModuleList(make_activation(activation, b) for b in dims[1:])
         self.head = nn.Linear(dims[-1], num_classes)
         self.skip = skip
         self.nonlinearity = activation

@@ -125,35 +125,100 @@ def stability_graph(base: dict, copies: int, rewinds: tuple[int, ...] = STABILIT
     return specs
 
 
-def scsdc_graph(seeds: int) -> list[RunSpec]:
-    """Tessera et al.'s same-capacity sparse-vs-dense comparison, one factor at a time.
+# Tessera et al.'s regularization settings: each name -> the training flags it sets (none: no
+# weight decay, no augmentation, no skips, no BatchNorm; "bn+x" is BatchNorm together with x).
+REGULARIZATIONS: dict[str, dict] = {
+    "none": {}, "l2": {"weight_decay": 5e-4}, "augment": {"augment": "shift+flip"}, "skip": {"skip": True},
+    "bn": {"batchnorm": True}, "bn+l2": {"batchnorm": True, "weight_decay": 5e-4},
+    "bn+augment": {"batchnorm": True, "augment": "shift+flip"}, "bn+skip": {"batchnorm": True, "skip": True},
+}
 
-    Each pair is a dense-narrow MLP (hidden 64 x width 0.25) and a sparse-wide MLP (hidden 64) whose
-    per-layer active counts equal the narrow one's layer sizes. Varied: activation (with momentum,
-    no BatchNorm), optimizer (with ReLU) and BatchNorm on/off (with ReLU and momentum).
+
+@dataclass(frozen=True)
+class PairDesign:
+    """Which same-capacity cells a preset trains: Tessera et al.'s optimizer x regularization table,
+    the activation x optimizer table and a depth x capacity sweep, each around one base cell.
+
+    ``fractions`` are dense widths as a fraction of the sparse-wide width (``hidden``).
     """
-    base = dict(model="mlp", dataset="digits", hidden=64, depth=3, batch_size=32, epochs=20,
-                distribution="erk", weight_decay=0.0, log_every=15)
-    narrow = 0.25
-    settings: list[dict] = []
-    for act in ("relu", "swish", "prelu", "elu", "sigmoid"):
-        settings.append(dict(activation=act, optimizer="momentum", batchnorm=False))
-    for opt in ("sgd", "adam", "rmsprop", "adagrad"):
-        settings.append(dict(activation="relu", optimizer=opt, batchnorm=False))
-    settings.append(dict(activation="relu", optimizer="momentum", batchnorm=True))
-    wide = build_for(TrainConfig(**base), (64,), 10)
-    narrow_model = build_for(TrainConfig(**base), (64,), 10, width=narrow)
-    sparsity = 1 - Masks.dense(narrow_model).numel() / Masks.dense(wide).numel()
-    specs = []
-    for st in settings:
-        tag = f"{st['activation']}-{st['optimizer']}-{'bn' if st['batchnorm'] else 'nobn'}"
+
+    prefix: str
+    base: dict
+    input_shape: tuple[int, ...]
+    optimizers: tuple[str, ...]
+    regularizations: tuple[str, ...]
+    activations: tuple[str, ...]
+    depths: tuple[int, ...]
+    fractions: tuple[float, ...]
+    base_cell: dict  # optimizer, regularization, activation, depth, fraction of the base cell
+
+    def cells(self) -> list[dict]:
+        """The distinct cells of the three tables, in order (a cell two tables share appears once)."""
+        b = self.base_cell
+        out = [dict(b, optimizer=o, regularization=r) for o in self.optimizers for r in self.regularizations]
+        out += [dict(b, optimizer=o, activation=a) for a in self.activations for o in self.optimizers]
+        out += [dict(b, depth=d, fraction=f) for d in self.depths for f in self.fractions]
+        seen: set[tuple] = set()
+        unique = []
+        for c in out:
+            key = tuple(sorted(c.items()))
+            if key not in seen:
+                seen.add(key)
+                unique.append(c)
+        return unique
+
+
+def cell_tag(cell: dict) -> str:
+    """``momentum-bn+l2-relu-d2-w0.25``: a cell's part of its runs' ids."""
+    return f"{cell['optimizer']}-{cell['regularization']}-{cell['activation']}-d{cell['depth']}-w{cell['fraction']:g}"
+
+
+def same_capacity_graph(design: PairDesign, seeds: int) -> list[RunSpec]:
+    """Tessera et al.'s same-capacity sparse-vs-dense pairs (SC-SDC), one pair per cell and seed.
+
+    The dense-narrow MLP has hidden width ``fraction * hidden``; the sparse-wide one has width
+    ``hidden`` and a fixed random mask whose per-layer active counts equal the narrow network's
+    layer sizes (``match_width``), its active weights drawn from the narrow network's init
+    distribution. Both see the same data order (same seed).
+    """
+    specs: list[RunSpec] = []
+    for cell in design.cells():
+        settings = {**design.base, **REGULARIZATIONS[cell["regularization"]], "optimizer": cell["optimizer"],
+                    "activation": cell["activation"], "depth": cell["depth"]}
+        probe = TrainConfig(**settings)
+        wide = build_for(probe, design.input_shape, 10)
+        narrow = build_for(probe, design.input_shape, 10, width=cell["fraction"])
+        sparsity = round(1 - Masks.dense(narrow).numel() / Masks.dense(wide).numel(), 4)
+        tag = cell_tag(cell)
         for s in range(seeds):
-            dense = TrainConfig(**{**base, **st, "method": "dense", "width": narrow, "seed": s})
-            sparse = TrainConfig(**{**base, **st, "method": "scratch", "sparsity": round(sparsity, 4),
-                                    "match_width": narrow, "seed": s})
-            specs.append(RunSpec(f"scsdc-{tag}-dense-narrow-seed{s}", dense))
-            specs.append(RunSpec(f"scsdc-{tag}-sparse-wide-seed{s}", sparse))
+            dense = TrainConfig(**{**settings, "method": "dense", "width": cell["fraction"], "seed": s})
+            sparse = TrainConfig(**{**settings, "method": "scratch", "sparsity": sparsity,
+                                    "match_width": cell["fraction"], "seed": s})
+            specs.append(RunSpec(f"{design.prefix}-{tag}-dense-narrow-seed{s}", dense))
+            specs.append(RunSpec(f"{design.prefix}-{tag}-sparse-wide-seed{s}", sparse))
     return specs
+
+
+# The quick version on digits (vectors: no augmentation), a few seconds per run.
+SCSDC = PairDesign(
+    prefix="scsdc",
+    base=dict(model="mlp", dataset="digits", hidden=64, batch_size=32, epochs=20, distribution="erk",
+              weight_decay=0.0, log_points=10),
+    input_shape=(64,), optimizers=("sgd", "momentum", "adam"), regularizations=("none", "l2", "bn", "bn+l2"),
+    activations=("relu", "swish", "prelu", "sigmoid"), depths=(1, 3), fractions=(0.25, 0.5),
+    base_cell=dict(optimizer="momentum", regularization="none", activation="relu", depth=3, fraction=0.25),
+)
+
+# Full Fashion-MNIST, sized for 2 CPU cores in under an hour (README: "Reproducing Tessera et al.").
+TESSERA_FMNIST = PairDesign(
+    prefix="tessera",
+    base=dict(model="mlp", dataset="fashion-mnist", full_data=True, hidden=256, batch_size=128, epochs=2,
+              distribution="erk", weight_decay=0.0, log_points=10),
+    input_shape=(1, 28, 28), optimizers=("sgd", "momentum", "adagrad", "adam", "rmsprop"),
+    regularizations=tuple(REGULARIZATIONS),
+    activations=("relu", "prelu", "elu", "swish", "srelu", "sigmoid"), depths=(1, 2, 4), fractions=(0.1, 0.25, 0.5),
+    base_cell=dict(optimizer="momentum", regularization="none", activation="relu", depth=2, fraction=0.25),
+)
 
 
 PRESETS = {
@@ -166,8 +231,10 @@ PRESETS = {
     "evci-mlp": ("LeNet-300-100 on full MNIST at 98%, every setting as in Evci et al.'s code (needs `make data`)",
                  lambda n: family_graph(_EVCI_MLP, n, _EVCI_PER_METHOD), 5),
     "mnist1d": ("MLP on MNIST-1D at 90% sparsity", lambda n: family_graph(_MNIST1D, n), 3),
-    "scsdc": ("Tessera et al.'s same-capacity sparse-wide vs dense-narrow MLP pairs on digits",
-              scsdc_graph, 2),
+    "scsdc": ("quick version of tessera-fmnist: same-capacity sparse-wide vs dense-narrow MLP pairs on digits",
+              lambda n: same_capacity_graph(SCSDC, n), 5),
+    "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
+                       "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
     "stability": ("stability to SGD noise (Frankle et al. 2020): LeNet-5 lottery tickets and dense networks "
                   "rewound to steps 0-500 of one parent, 2 data orders each (--seeds = copies)",
                   lambda n: stability_graph(_STABILITY, n), 2),
@@ -255,7 +322,7 @@ def _tag(overrides: dict) -> str:
 
 
 def preset_settings(name: str) -> dict:
-    """The shared training settings of a family preset (empty for scsdc)."""
+    """The shared training settings of a family preset (empty for the same-capacity ones)."""
     return {"smoke": _SMOKE, "paper-lenet5": _PAPER_LENET5, "paper-mlp": _PAPER_MLP,
             "mnist1d": _MNIST1D, "evci-lenet5": _EVCI_LENET5, "evci-mlp": _EVCI_MLP,
             "stability": _STABILITY}.get(name, {})

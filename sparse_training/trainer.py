@@ -1,6 +1,7 @@
 """The training loop: fixed and small; masks, mask updaters, metrics and checkpoints plug into it."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -20,8 +21,9 @@ from tqdm.auto import tqdm
 from landscape.evaluate import evaluate
 
 from . import distributed as ddp
-from .config import OPTIMIZER_NAMES, TrainConfig, parse_save_steps, parse_sizes
-from .data import Dataset, load_dataset, require_full_dataset
+from .augment import augment_batch, check_augment
+from .config import AUGMENT_NAMES, OPTIMIZER_NAMES, TrainConfig, parse_save_steps, parse_sizes
+from .data import Dataset, load_dataset, require_full_dataset, resolve_data_dir
 from .distributions import check_sparsity
 from .errors import UserError
 from .io import atomic_torch_save
@@ -48,7 +50,8 @@ def select_device(name: str) -> torch.device:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """One of sgd, momentum, adam, rmsprop, adagrad with the config's lr and weight decay."""
+    """One of sgd, momentum, adam, adamw, rmsprop, adagrad with the config's lr and weight decay
+    (an L2 term in the gradient for all but adamw, whose decay is decoupled from the adaptive step)."""
     lr, wd, params = cfg.resolved_lr(), cfg.weight_decay, list(model.parameters())
     if cfg.weight_decay_on == "weights" and wd:
         # Keras' kernel_regularizer: conv/linear weights decay, biases and norm parameters do not
@@ -62,6 +65,8 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     if cfg.optimizer == "adagrad":
@@ -99,6 +104,13 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
     if cfg.steps is not None and cfg.steps < 1:
         raise UserError("--steps must be at least 1.")
+    if cfg.augment not in AUGMENT_NAMES:
+        raise UserError(f"unknown augmentation '{cfg.augment}'; choose one of {', '.join(AUGMENT_NAMES)}.")
+    if cfg.augment != "none" and cfg.dataset in ("digits", "mnist1d"):  # known before loading: vectors
+        raise UserError(f"--augment {cfg.augment} needs image data; dataset '{cfg.dataset}' gives vectors.")
+    for name in ("shift_pixels", "log_points", "log_every"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 0.")
     if not 0.0 <= cfg.drop_fraction <= 1.0:
         raise UserError("--drop-fraction must lie in [0, 1].")
     if not 0.0 <= cfg.prune_start < cfg.prune_end <= 1.0:
@@ -163,6 +175,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.n / self.cfg.batch_size)
         self.total = self.cfg.steps or self.cfg.epochs * self.steps_per_epoch
         self.log_every = self.cfg.log_every or max(1, self.steps_per_epoch // 2)
+        n = self.cfg.log_points
+        self.log_steps = {round(k * self.total / n) for k in range(n + 1)} if n else set()
         self.ckpt_every = self.cfg.checkpoint_every or self.steps_per_epoch
         self.save_steps = parse_save_steps(self.cfg.save_steps)
         self.enforce = self.masks.sparsity() > 0 or self.updater is not None
@@ -246,8 +260,11 @@ class Trainer:
     def train_step(self) -> float:
         idx = self.batch_indices(self.step)
         local = ddp.shard(idx, self.dist)  # this rank's slice of the global batch
-        x = self.x_train[local].to(self.device, non_blocking=True)
-        y = self.y_train[local].to(self.device, non_blocking=True)
+        x, y = self.x_train[local], self.y_train[local]
+        if self.cfg.augment != "none":  # one generator per step: reruns and resumes draw the same
+            g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "augment") * 1_000_003 + self.step)
+            x = augment_batch(x, self.cfg.augment, self.cfg.shift_pixels, g)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.cfg, self.step, self.total)
         self.model.train()
@@ -273,7 +290,10 @@ class Trainer:
         return loss_value.item()
 
     def should_log(self, step: int) -> bool:
-        """Every ``log_every`` steps and at the end, plus steps 1, 2, 4, ... before that (early flow)."""
+        """Every ``log_every`` steps and at the end, plus steps 1, 2, 4, ... before that (early flow);
+        with ``log_points`` only at its evenly spaced steps."""
+        if self.log_steps:
+            return step in self.log_steps
         early = step < self.log_every and (step & (step - 1)) == 0
         return early or step % self.log_every == 0 or step == self.total
 
@@ -355,7 +375,8 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         if not resume:
             raise UserError(f"{run.path} holds an unfinished run; pass --resume to continue it.")
     dev = ddp.device_for(info, select_device(device))
-    data = load_dataset(cfg.dataset, data_dir=data_dir)
+    data = _cached_dataset(cfg.dataset, *_data_dir_key(data_dir))
+    check_augment(cfg.augment, data.input_shape)
     spec = get_method(cfg.method)
     model, masks, extra = prepare_start(cfg, data.input_shape, data.num_classes)
     if "realised_sparsity" in extra:
@@ -392,7 +413,7 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         config.update(extra, run_id=run_id, data_source=data.source, versions=versions(),
                       input_shape=list(data.input_shape), num_classes=data.num_classes,
                       parent_path=str(parent_path(cfg)) if cfg.parent else None,
-                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "reinit", "mask", "data", "grow")}},
+                      seeds={"seed": cfg.seed, **{p: seed_for(cfg.seed, p) for p in ("init", "reinit", "mask", "data", "grow", "augment")}},
                       total_steps=total, steps_per_epoch=steps_per_epoch, lr_resolved=cfg.resolved_lr(),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       world_size=1 if info is None else info.world_size,
@@ -417,6 +438,23 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
         run.write_status("running", step)
     ddp.barrier(info)
     return trainer
+
+
+def _data_dir_key(data_dir: str | None) -> tuple[str | None, int]:
+    """The resolved data directory and its modification time: a file added, replaced or removed
+    there changes the key, so the cache below never serves stale data."""
+    root = resolve_data_dir(data_dir)
+    try:
+        return (str(root.resolve()), root.stat().st_mtime_ns) if root is not None else (None, 0)
+    except OSError:
+        return str(root), -1
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(name: str, data_dir: str | None, _mtime: int) -> Dataset:
+    """A suite worker process trains many runs on one dataset, and loading full Fashion-MNIST takes
+    ~1.5 s, so a process keeps the last two it loaded (runs only read them)."""
+    return load_dataset(name, data_dir=data_dir)
 
 
 def _comparable(cfg: TrainConfig) -> dict:

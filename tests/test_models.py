@@ -164,7 +164,8 @@ def test_mlp_every_activation(act):
     x = torch.randn(4, 5)
     reference = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                  "swish": lambda z: z * torch.sigmoid(z), "elu": torch.nn.functional.elu,
-                 "prelu": lambda z: torch.where(z >= 0, z, 0.25 * z)}[act]
+                 "prelu": lambda z: torch.where(z >= 0, z, 0.25 * z),
+                 "srelu": lambda z: torch.where(z >= 0, z, 0.2 * z)}[act]  # SReLU starts as leaky ReLU 0.2
     manual = model.head(reference(model.layers[0](x)))
     assert torch.allclose(model(x), manual, atol=1e-6)
 

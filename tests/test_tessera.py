@@ -1,0 +1,299 @@
+"""Tessera et al.'s study: SReLU, tensor augmentation, AdamW, evenly spaced gradient flow, the same-capacity
+pairs of the presets, and figures.tessera end to end on the scsdc preset (statistics checked against scipy)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from sparse_training.augment import augment_batch, check_augment, random_flip, random_shift
+from sparse_training.config import TrainConfig
+from sparse_training.errors import UserError
+from sparse_training.masks import maskable_names
+from sparse_training.methods import prepare_start
+from sparse_training.models import SReLU, build_model
+from sparse_training.presets import REGULARIZATIONS, TESSERA_FMNIST, preset_runs
+
+
+# --- SReLU ------------------------------------------------------------------------------
+def srelu_reference(x: np.ndarray, tl, al, tr, ar) -> np.ndarray:
+    """Jin et al.'s definition, element by element."""
+    out = np.empty_like(x)
+    for idx, v in np.ndenumerate(x):
+        j = idx[1]
+        if v >= tr[j]:
+            out[idx] = tr[j] + ar[j] * (v - tr[j])
+        elif v <= tl[j]:
+            out[idx] = tl[j] + al[j] * (v - tl[j])
+        else:
+            out[idx] = v
+    return out
+
+
+def test_srelu_matches_its_piecewise_definition_and_has_exact_gradients():
+    g = torch.Generator().manual_seed(0)
+    act = SReLU(5).double()
+    with torch.no_grad():
+        act.t_left.copy_(-torch.rand(5, generator=g, dtype=torch.float64))
+        act.a_left.copy_(torch.rand(5, generator=g, dtype=torch.float64))
+        act.t_right.copy_(torch.rand(5, generator=g, dtype=torch.float64) + 0.1)
+        act.a_right.copy_(2 * torch.rand(5, generator=g, dtype=torch.float64))
+    x = 2 * torch.randn(64, 5, generator=g, dtype=torch.float64)
+    params = [p.detach().numpy() for p in (act.t_left, act.a_left, act.t_right, act.a_right)]
+    assert np.allclose(act(x).detach().numpy(), srelu_reference(x.numpy(), *params))
+    names = ("t_left", "a_left", "t_right", "a_right")
+
+    def f(inp, *values):
+        return torch.func.functional_call(act, dict(zip(names, values)), (inp,))
+
+    # finite differences with respect to the input and all four parameters
+    inputs = (x.clone().requires_grad_(True), *(getattr(act, n).detach().clone().requires_grad_(True) for n in names))
+    assert torch.autograd.gradcheck(f, inputs)
+    # per channel on images: dim 1
+    img = torch.randn(3, 5, 4, 4, dtype=torch.float64)
+    assert np.allclose(act(img).detach().numpy().transpose(0, 2, 3, 1).reshape(-1, 5),
+                       srelu_reference(img.numpy().transpose(0, 2, 3, 1).reshape(-1, 5), *params))
+
+
+def test_srelu_in_mlp_has_parameters_per_unit_and_none_is_masked():
+    model = build_model("mlp", input_shape=(6,), depth=2, hidden=8, activation="srelu")
+    assert model.acts[0].t_left.shape == (8,)
+    assert all("acts" not in n for n in maskable_names(model))
+
+
+# --- augmentation ----------------------------------------------------------------------
+def shift_oracle(x: np.ndarray, oy: int, ox: int, s: int) -> np.ndarray:
+    """out[i, j] = x[clip(i + oy - s), clip(j + ox - s)]: a crop of the edge-padded image."""
+    h, w = x.shape[-2:]
+    rows = np.clip(np.arange(h) + oy - s, 0, h - 1)
+    cols = np.clip(np.arange(w) + ox - s, 0, w - 1)
+    return x[..., rows[:, None], cols[None, :]]
+
+
+def test_random_shift_is_a_crop_of_the_edge_padded_image():
+    x = torch.randn(16, 2, 7, 9, generator=torch.Generator().manual_seed(1))
+    s = 2
+    out = random_shift(x, s, torch.Generator().manual_seed(5))
+    offsets = torch.randint(0, 2 * s + 1, (2, 16), generator=torch.Generator().manual_seed(5))
+    for i in range(16):
+        expected = shift_oracle(x[i].numpy(), int(offsets[0, i]), int(offsets[1, i]), s)
+        assert np.array_equal(out[i].numpy(), expected)
+    assert len({tuple(o) for o in offsets.T.tolist()}) > 1  # the offsets differ between images
+    assert torch.equal(random_shift(x, 0, torch.Generator()), x)
+
+
+def test_random_flip_mirrors_about_half_and_is_reproducible():
+    x = torch.randn(400, 1, 5, 6)
+    out = random_flip(x, torch.Generator().manual_seed(3))
+    flipped = torch.tensor([torch.equal(out[i], x[i].flip(-1)) for i in range(400)])
+    kept = torch.tensor([torch.equal(out[i], x[i]) for i in range(400)])
+    assert bool((flipped | kept).all()) and 150 < int(flipped.sum()) < 250
+    again = augment_batch(x, "flip", 2, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+    assert torch.equal(augment_batch(x, "none", 2, torch.Generator()), x)
+
+
+def test_augmentation_needs_images():
+    check_augment("shift+flip", (1, 28, 28))
+    with pytest.raises(UserError, match="needs image data"):
+        check_augment("shift", (64,))
+    with pytest.raises(UserError, match="unknown augmentation"):
+        check_augment("rotate", (1, 28, 28))
+
+
+def test_training_with_augmentation_is_reproducible_and_changes_the_batches(tmp_path):
+    from sparse_training.rundir import RunDir
+    from sparse_training.train import main
+
+    def end(run_id: str, *extra: str) -> dict:
+        argv = ["--model", "mlp", "--dataset", "mnist", "--hidden", "8", "--depth", "1", "--steps", "6",
+                "--out", str(tmp_path), "--run-id", run_id, "--quiet", *extra]
+        assert main(argv) == 0
+        return RunDir(tmp_path / run_id).load("end")["model"]
+
+    a, b = end("a", "--augment", "shift+flip"), end("b", "--augment", "shift+flip")
+    plain = end("c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["layers.0.weight"], plain["layers.0.weight"])
+
+
+# --- AdamW -----------------------------------------------------------------------------
+def test_adamw_first_step_decays_weights_decoupled():
+    from sparse_training.trainer import make_optimizer
+
+    lr, wd = 0.01, 0.1
+    model = torch.nn.Linear(3, 2)
+    w0 = model.weight.detach().clone()
+    grad = torch.randn(2, 3)
+    opt = make_optimizer(TrainConfig(optimizer="adamw", lr=lr, weight_decay=wd), model)
+    model.weight.grad = grad.clone()
+    model.bias.grad = torch.zeros(2)
+    opt.step()
+    # step 1: bias-corrected m = g, v = g^2, so the Adam step is lr * g / (|g| + eps); decay is lr * wd * w
+    expected = w0 * (1 - lr * wd) - lr * grad / (grad.abs() + 1e-8)
+    assert torch.allclose(model.weight.detach(), expected, atol=1e-7)
+    adam = make_optimizer(TrainConfig(optimizer="adam", lr=lr, weight_decay=wd), model2 := torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model2.weight.copy_(w0)
+    model2.weight.grad, model2.bias.grad = grad.clone(), torch.zeros(2)
+    adam.step()
+    assert not torch.allclose(model2.weight.detach(), expected, atol=1e-4)  # Adam's L2 is not decoupled
+
+
+# --- evenly spaced points and the pairs --------------------------------------------------
+def test_log_points_logs_exactly_eleven_evenly_spaced_steps(tmp_path):
+    from sparse_training.rundir import RunDir
+    from sparse_training.train import main
+
+    assert main(["--model", "mlp", "--dataset", "digits", "--hidden", "8", "--depth", "1", "--steps", "23",
+                 "--log-points", "10", "--out", str(tmp_path), "--run-id", "r", "--quiet"]) == 0
+    m = RunDir(tmp_path / "r").read_metrics()
+    assert m["step"].tolist() == [round(k * 23 / 10) for k in range(11)]
+
+
+@pytest.mark.parametrize("preset", ["tessera-fmnist", "scsdc"])
+def test_pairs_have_equal_nonzero_counts_per_layer_and_the_dense_init_distribution(preset):
+    specs = preset_runs(preset, 1)
+    shape = (1, 28, 28) if preset == "tessera-fmnist" else (64,)
+    seen = set()
+    for dense, sparse in zip(specs[::2], specs[1::2]):
+        assert dense.config.method == "dense" and sparse.config.match_width == dense.config.width
+        c = dense.config
+        arch = (c.depth, c.width, c.batchnorm, c.skip)
+        if arch in seen:  # optimizer, activation, L2 and augmentation do not change the counts
+            continue
+        seen.add(arch)
+        dm, _, _ = prepare_start(dense.config, shape, 10)
+        sm, smasks, _ = prepare_start(sparse.config, shape, 10)
+        dparams, sparams = dict(dm.named_parameters()), dict(sm.named_parameters())
+        names = maskable_names(dm)
+        assert names == maskable_names(sm)
+        for name in names:
+            dense_nonzero = int((dparams[name] != 0).sum())
+            assert dense_nonzero == dparams[name].numel()
+            assert int((sparams[name] != 0).sum()) == dense_nonzero == smasks.active_counts()[name]
+        # Tessera's rule: the sparse-wide active weights come from the dense-narrow weights' distribution
+        first = names[0]
+        active = sparams[first][smasks[first]].detach().numpy()
+        assert stats.ks_2samp(active, dparams[first].detach().reshape(-1).numpy()).pvalue > 1e-3
+    assert len(seen) >= 4
+
+
+def test_tessera_preset_covers_the_three_tables():
+    cells = TESSERA_FMNIST.cells()
+    b = TESSERA_FMNIST.base_cell
+    grid = {(c["optimizer"], c["regularization"]) for c in cells if c["activation"] == b["activation"]
+            and c["depth"] == b["depth"] and c["fraction"] == b["fraction"]}
+    assert grid == {(o, r) for o in TESSERA_FMNIST.optimizers for r in REGULARIZATIONS}
+    acts = {(c["activation"], c["optimizer"]) for c in cells if c["regularization"] == "none"
+            and c["depth"] == b["depth"] and c["fraction"] == b["fraction"]}
+    assert acts == {(a, o) for a in TESSERA_FMNIST.activations for o in TESSERA_FMNIST.optimizers}
+    sweep = {(c["depth"], c["fraction"]) for c in cells if c["optimizer"] == b["optimizer"]
+             and c["activation"] == b["activation"] and c["regularization"] == "none"}
+    assert sweep == {(d, f) for d in TESSERA_FMNIST.depths for f in TESSERA_FMNIST.fractions}
+    assert len(cells) == len({tuple(sorted(c.items())) for c in cells})  # no cell twice
+    assert len(preset_runs("tessera-fmnist")) == 2 * 5 * len(cells)
+
+
+def test_tessera_preset_without_data_exits_2_pointing_to_make_data(tmp_path, capsys, monkeypatch):
+    from sparse_training.suite import main
+
+    monkeypatch.delenv("SPARSE_DATA", raising=False)
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        main(["--preset", "tessera-fmnist", "--out", str(out), "--seeds", "1", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "`make data`" in err and err.count("\n") == 0
+    assert not out.exists()
+
+
+# --- figures.tessera on the quick preset ----------------------------------------------------
+@pytest.fixture(scope="module")
+def scsdc_runs(tmp_path_factory) -> Path:
+    """The scsdc preset (digits), 1 seed, a few steps per run: every cell, both networks."""
+    from sparse_training.suite import main
+
+    out = tmp_path_factory.mktemp("scsdc") / "runs"
+    assert main(["--preset", "scsdc", "--seeds", "1", "--set", "steps=6", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_figures_tessera_on_scsdc(scsdc_runs, tmp_path):
+    from figures import tessera
+
+    out = tmp_path / "fig"
+    assert tessera.main([str(scsdc_runs), "--out", str(out), "--quiet", "--n-boot", "200"]) == 0
+    pairs = pd.read_csv(out / "tessera_pairs.csv")
+    runs = pd.read_csv(out / "tessera_runs.csv")
+    assert len(pairs) == len(preset_runs("scsdc", 1)) // 2 and (runs["n_off_grid"] == 0).all()
+    # each measure is the mean of the run's 11 rows at steps round(k T / 10), recomputed from metrics.csv
+    from sparse_training.rundir import RunDir
+
+    for r in runs.head(3).itertuples():
+        m = RunDir(scsdc_runs / r.run_id).read_metrics().set_index("step")
+        at = m.loc[[round(k * 6 / 10) for k in range(11)]]
+        assert math.isclose(r.egf2, at["egf2"].mean(), rel_tol=1e-12)
+        assert math.isclose(r.grad_norm_l1, at["grad_norm_l1"].mean(), rel_tol=1e-12)
+    assert np.allclose(pairs["acc_diff"], pairs["test_acc_sparse"] - pairs["test_acc_dense"])
+    # the correlation table's tau is scipy's
+    corr = pd.read_csv(out / "tessera_correlations.csv")
+    for r in corr.itertuples():
+        sub = runs[runs["network"] == r.network]
+        assert math.isclose(r.kendall_tau, stats.kendalltau(sub[r.measure], sub[r.target]).statistic,
+                            abs_tol=1e-12)
+    # claim T2a: an exact one-sided Wilcoxon of the BatchNorm cells with non-EWMA optimizers, as scipy computes it
+    claims = pd.read_csv(out / "claims.csv").set_index("claim")
+    bn = pairs[pairs["regularization"].str.startswith("bn") & ~pairs["optimizer"].isin(("adam", "rmsprop"))]
+    d = bn["test_acc_sparse"] - bn["test_acc_dense"]
+    if (d != 0).all() and len(set(d.abs())) == len(d):
+        expected = stats.wilcoxon(bn["test_acc_sparse"], bn["test_acc_dense"], alternative="greater",
+                                  method="exact").pvalue
+        assert math.isclose(claims.loc["T2a", "p_value"], expected, rel_tol=1e-9)
+    assert set(claims["verdict"]) <= {"held", "not held", "inconclusive"}
+    assert list(claims.index) == ["T1", "T2a", "T2b", "T3", "T4a", "T4b"]
+    report = (out / "REPORT.md").read_text()
+    assert "| optimizer | none | l2 | bn | bn+l2 |" in report
+    for png in ("fig_tessera_activation.png", "fig_tessera_egf.png", "fig_tessera_sweep.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_cell_p_values_are_scipys_exact_wilcoxon():
+    from figures.tessera import cell_tests
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for opt in ("sgd", "adam"):
+        dense = rng.uniform(0.7, 0.8, 6)
+        sparse = dense + rng.normal(0.01 if opt == "sgd" else -0.01, 0.01, 6)
+        for s in range(6):
+            rows.append({"optimizer": opt, "regularization": "bn", "seed": s, "test_acc_dense": dense[s],
+                         "test_acc_sparse": sparse[s], "acc_diff": sparse[s] - dense[s]})
+    table = cell_tests(pd.DataFrame(rows), ["optimizer", "regularization"]).set_index("optimizer")
+    for opt, g in pd.DataFrame(rows).groupby("optimizer"):
+        p = stats.wilcoxon(g["test_acc_sparse"], g["test_acc_dense"], alternative="greater", method="exact").pvalue
+        assert math.isclose(table.loc[opt, "p_sparse_greater"], p, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["empty", "no-pairs"])
+def test_figures_tessera_bad_input_exit_2(case, tmp_path, capsys, scsdc_runs):
+    import shutil
+
+    from figures import tessera
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    if case == "no-pairs":  # dense-narrow runs without their sparse-wide partners
+        for run in sorted(scsdc_runs.glob("*-dense-narrow-seed0*"))[:2]:
+            shutil.copytree(run, root / run.name)
+    out = tmp_path / "fig"
+    with pytest.raises(SystemExit) as exc:
+        tessera.main([str(root), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and err.startswith("error: ")
+    assert ("partner" in err) == (case == "no-pairs")
+    assert not out.exists()
