@@ -230,7 +230,7 @@ PRESETS = {
                     lambda n: family_graph(_EVCI_LENET5, n, _EVCI_PER_METHOD), 5),
     "evci-mlp": ("LeNet-300-100 on full MNIST at 98%, every setting as in Evci et al.'s code (needs `make data`)",
                  lambda n: family_graph(_EVCI_MLP, n, _EVCI_PER_METHOD), 5),
-    "mnist1d": ("MLP on MNIST-1D at 90% sparsity", lambda n: family_graph(_MNIST1D, n), 3),
+    "mnist1d": ("MLP on MNIST-1D at 90% sparsity", lambda n: family_graph(_MNIST1D, n), 5),  # 5: a paired rank test needs n >= 5 to reach p < 0.05
     "scsdc": ("quick version of tessera-fmnist: same-capacity sparse-wide vs dense-narrow MLP pairs on digits",
               lambda n: same_capacity_graph(SCSDC, n), 5),
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
