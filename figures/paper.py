@@ -366,7 +366,7 @@ def setting_label(runs: Path, all_runs: list) -> str:
     presets = pd.Series([r.config.get("preset") for r in all_runs]).dropna()
     if len(presets):
         return str(presets.mode().iloc[0])
-    name = runs.resolve().name
+    name = runs.name or runs.resolve().name  # the name given (a link may name a setting), else the real one
     if name and name not in ("runs", "_figures", "_analysis"):
         return name
     models = pd.Series([r.config.get("model", "?") for r in all_runs]).mode().iloc[0]

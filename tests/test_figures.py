@@ -87,7 +87,7 @@ def test_several_runs_directories_make_a_matrix(figures_dir, tmp_path):
     assert f"]({first}/fig3_signal.png)" in (out / "REPORT.md").read_text()
 
 
-def test_setting_names():
+def test_setting_names(tmp_path):
     from figures.paper import setting_label, unique_names
 
     class R:
@@ -99,6 +99,9 @@ def test_setting_names():
         "lenet5-mnist-s0.95"
     assert setting_label(Path("/x/runs"), [R({"preset": "evci-lenet5"})]) == "evci-lenet5"
     assert unique_names(["a", "b", "a"]) == ["a", "b", "a-2"]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "paper-lenet5").symlink_to(tmp_path / "runs")  # a link names a generic runs directory
+    assert setting_label(tmp_path / "paper-lenet5", [R({"model": "lenet5"})]) == "paper-lenet5"
 
 
 def test_table1_matches_ensemble_analysis(figures_dir):
