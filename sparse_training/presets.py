@@ -92,8 +92,11 @@ STABILITY_REWINDS = (0, 50, 100, 250, 500)
 
 
 def stability_settings(base: dict) -> dict:
-    """A family preset's settings shortened for the stability experiment: 1,000 steps, fewer metric rows."""
-    return {**base, "steps": 1000, "log_every": 250}
+    """A family preset's settings shortened for the stability experiment: 1,000 steps, fewer metric rows.
+
+    A pruning window given in absolute steps (evci-*: 3,000-7,000) would lie past the shortened run, whose
+    prune parent would then never prune; the window falls back to its fractions of training instead."""
+    return {**base, "steps": 1000, "log_every": 250, "prune_begin_step": None, "prune_end_step": None}
 
 
 # Stability to SGD noise (Frankle et al. 2020) at laptop cost: LeNet-5 as paper-lenet5 but 1,000 steps

@@ -331,3 +331,15 @@ def test_submitit_local_two_tasks_train_one_data_parallel_run(tmp_path):
     assert (results["state"] == "complete").all(), results
     config = RunDir(out / specs[0].run_id).read_config()
     assert config["world_size"] == 2 and config["backend"] == "gloo"
+
+
+def test_stability_prune_parent_prunes_within_its_shortened_run():
+    """The stability graph shortens a family preset to 1,000 steps: the prune parent must still prune to
+    the target (evci-lenet5's window is 3,000-7,000 steps, past the shortened run)."""
+    from sparse_training.presets import preset_settings, stability_graph, stability_settings
+
+    for preset in ("paper-lenet5", "evci-lenet5"):
+        specs = stability_graph(stability_settings(preset_settings(preset)), 2)
+        prune = next(s.config for s in specs if s.config.method == "prune")
+        end = prune.prune_end_step if prune.prune_end_step is not None else prune.prune_end * prune.steps
+        assert end <= prune.steps, preset
