@@ -59,4 +59,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) runs $(RUNS_EVCI)
+	rm -rf $(VENV) runs $(RUNS_EVCI) $(TESSERA_RUNS)
