@@ -34,7 +34,7 @@ reproduce: $(STAMP)
 # Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~22 min on 2 idle cores)
 TESSERA_RUNS ?= runs-tessera
 .PHONY: reproduce-tessera
-reproduce-tessera: $(STAMP)
+reproduce-tessera: $(STAMP) data
 	$(PY) -m sparse_training.suite --preset tessera-fmnist --out $(TESSERA_RUNS) --seeds $(SEEDS) --jobs $(JOBS) --data-dir $(DATA)
 	$(PY) -m figures.tessera $(TESSERA_RUNS)
 
