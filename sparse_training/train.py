@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = run_training(cfg, args.out, args.run_id, args.resume, args.device, args.data_dir, args.quiet)
         main_rank = not dist.is_initialized() or dist.get_rank() == 0
+        if owned and dist.is_initialized():
+            dist.barrier()  # no rank tears its connections down while another still uses them (gloo aborts)
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()

@@ -82,6 +82,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         resumed.fit()
         states["rigl-resumed"] = _state(resumed)
         torch.save(states, f"{out}/rank{rank}.pt")
+        dist.barrier()  # neither rank tears its gloo pairs down while the other still uses them
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
