@@ -154,10 +154,14 @@ def layers_sentence(layers: pd.DataFrame, updates: pd.DataFrame | None, full: pd
 
 
 # --- the section ----------------------------------------------------------------------------------
-def markdown(analysis_dir: Path, figures_dir: Path) -> str:
-    """The "Beyond the paper" section; copies plane.png, curve.png, stability.png, hessian_layers.png to figures_dir."""
+def markdown(analysis_dir: Path, figures_dir: Path, setting: str | None = None, link_prefix: str = "") -> str:
+    """The "Beyond the paper" section; copies plane.png, curve.png, stability.png, hessian_layers.png to figures_dir.
+
+    ``setting`` names the section (one per setting in a multi-setting report); ``link_prefix`` is the
+    path from the report to ``figures_dir``.
+    """
     analysis_dir, figures_dir = Path(analysis_dir), Path(figures_dir)
-    lines = ["## Beyond the paper", "",
+    lines = ["## Beyond the paper" + (f": {setting}" if setting else ""), "",
              "Geometry questions the paper leaves open, answered on the same runs (see the README's *Beyond the "
              "paper* section for the methods).", ""]
     items = [
@@ -183,6 +187,6 @@ def markdown(analysis_dir: Path, figures_dir: Path) -> str:
         if png.is_file():
             target = figures_dir / f"beyond_{stem}.png"
             atomic_write_bytes(target, png.read_bytes())
-            lines += ["", f"![{stem}]({target.name})"]
+            lines += ["", f"![{stem}]({link_prefix}{target.name})"]
         lines.append("")
     return "\n".join(lines) + "\n"

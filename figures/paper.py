@@ -479,11 +479,9 @@ def section_beyond(rep: Report) -> list[str]:
     for s in rep.settings:
         if not (s.analysis / "plane.csv").is_file() and not (s.analysis / "curve_summary.csv").is_file():
             continue
-        text = beyond.markdown(s.analysis, s.out)
-        if len(rep.settings) > 1:  # one section per setting, named and linked to its own figures
-            fig = "" if s.out == rep.out else _rel(s.out, rep.out) + "/"
-            text = text.replace("## Beyond the paper", f"## Beyond the paper: {s.name}", 1).replace("](beyond_", f"]({fig}beyond_")
-        lines.append(text)
+        several = len(rep.settings) > 1  # then one section per setting, named and linked to its own figures
+        prefix = "" if s.out == rep.out else _rel(s.out, rep.out) + "/"
+        lines.append(beyond.markdown(s.analysis, s.out, s.name if several else None, prefix))
     return lines
 
 
