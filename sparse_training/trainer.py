@@ -387,6 +387,10 @@ def setup_run(cfg: TrainConfig, out: str | Path, run_id: str | None = None, resu
     optimizer = make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(data.x_train) / cfg.batch_size)
     total = cfg.steps or cfg.epochs * steps_per_epoch
+    if cfg.method == "prune" and cfg.prune_end_step is not None and cfg.prune_end_step > total:
+        # a window past the end would leave the run short of its target sparsity without a word
+        raise UserError(f"--prune-end-step {cfg.prune_end_step} lies past the run's {total} steps; the run would "
+                        f"never reach --sparsity {cfg.sparsity:g}; lower it or train longer.")
     updater = make_updater(cfg, spec.updater, total, seed_for(cfg.seed, "grow"),
                            lr=lambda step: lr_at(cfg, step, total))
 

@@ -269,3 +269,13 @@ def test_run_killed_while_writing_start_checkpoint_starts_afresh(tmp_path, monke
     monkeypatch.setattr(trainer_module, "atomic_torch_save", real_save)
     assert train(tmp_path, *argv) == 0
     assert RunDir(tmp_path / "cut").is_complete()
+
+
+def test_pruning_window_past_the_end_of_training_is_refused(tmp_path):
+    """A step-valued pruning window that ends after the last step would leave the run short of its
+    target sparsity; it is refused before anything is written."""
+    with pytest.raises(SystemExit) as exc:
+        train(tmp_path, "--method", "prune", "--sparsity", "0.5", "--prune-begin-step", "10",
+              "--prune-end-step", "100", "--run-id", "late")
+    assert exc.value.code == 2
+    assert not (tmp_path / "late").exists()
