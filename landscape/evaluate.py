@@ -132,7 +132,7 @@ def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
     return (logits.argmax(dim=1) == y).sum()
 
 
-@torch.no_grad()
+@torch.inference_mode()  # nothing here is differentiated (and CPU max-pools take their value-only path)
 def evaluate_batches(
     model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn, *, distributed: bool | None = False
 ) -> EvalResult:
@@ -210,11 +210,11 @@ def predict_logits(
     device = model_device(model) if device is None else torch.device(device)
     if isinstance(data, torch.Tensor):
         data = (data, torch.zeros(data.shape[0], dtype=torch.long))
-    with train_mode(model, False):
+    with train_mode(model, False), torch.inference_mode():
         out = [model(x) for x, _ in iterate_batches(data, batch_size, device)]
     if not out:
         raise ValueError("the data yielded no examples to predict.")
-    return torch.cat(out)
+    return torch.cat(out)  # outside inference mode: a normal tensor the caller may change in place
 
 
 def predict_labels(

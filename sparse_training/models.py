@@ -12,9 +12,38 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+
+
+def max_pool2x2_values(x: torch.Tensor) -> torch.Tensor:
+    """The values of ``F.max_pool2d(x, 2)`` (2x2 windows, stride 2, odd edges dropped) as three
+    elementwise maxima of the windows' four strided corners, without the arg-max indices.
+
+    The maxima are exact, so every element equals max_pool2d's (NaN where its window holds a NaN);
+    only the sign of a zero may differ where a window holds both -0.0 and +0.0.
+    """
+    h, w = x.shape[-2:]
+    x = x[..., : h - h % 2, : w - w % 2]
+    top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
+    return torch.maximum(torch.maximum(top, x[..., 1::2, 0::2]), x[..., 1::2, 1::2])
+
+
+class MaxPool2x2(nn.Module):
+    """``nn.MaxPool2d(2)``, faster where nothing is differentiated: on the CPU under
+    ``torch.inference_mode`` (evaluation) it computes only the values (:func:`max_pool2x2_values`),
+    several times faster than ATen's CPU kernel, which also finds the indices its backward needs.
+
+    Everywhere else (training, gradients, Hessian products, ``torch.func`` transforms, forward-mode
+    AD, which inference mode switches off, and CUDA) it is ``F.max_pool2d(x, 2)`` itself.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_inference_mode_enabled():
+            return max_pool2x2_values(x)
+        return F.max_pool2d(x, 2)
 
 class SReLU(nn.Module):
     """S-shaped ReLU (Jin et al. 2016), the activation of SET and of Tessera et al.'s study.
@@ -102,7 +131,7 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(f1, f2)
         self.fc3 = nn.Linear(f2, num_classes)
         self.act = make_activation(activation)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = MaxPool2x2()
         self.nonlinearity = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +211,7 @@ class VGG16(nn.Module):
         c = input_shape[0]
         for v in _VGG16:
             if v == "M":
-                layers.append(nn.MaxPool2d(2))
+                layers.append(MaxPool2x2())
                 continue
             out = _scaled(int(v), width)
             layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not batchnorm))

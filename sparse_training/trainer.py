@@ -160,6 +160,7 @@ class Trainer:
     quiet: bool = False
     log_seconds: float = 0.0  # wall time spent measuring and writing metrics rows (not training)
     dist: ddp.DistInfo | None = None  # set under torchrun: data-parallel over the process group
+    _epoch_perm: tuple[int, torch.Tensor] | None = field(default=None, repr=False)  # (epoch, its permutation)
 
     def __post_init__(self) -> None:
         d = self.device
@@ -253,9 +254,10 @@ class Trainer:
     def batch_indices(self, step: int) -> torch.Tensor:
         """Indices of the (global) mini-batch at ``step``: a per-epoch permutation seeded by (seed, epoch)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "data") * 10_007 + epoch)
-        perm = torch.randperm(self.n, generator=g)
-        return perm[pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
+        if self._epoch_perm is None or self._epoch_perm[0] != epoch:  # drawn once per epoch, not per step
+            g = torch.Generator().manual_seed(seed_for(self.cfg.seed, "data") * 10_007 + epoch)
+            self._epoch_perm = (epoch, torch.randperm(self.n, generator=g))
+        return self._epoch_perm[1][pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
 
     def train_step(self) -> float:
         idx = self.batch_indices(self.step)
