@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparse_training.errors import UserError
@@ -12,9 +13,11 @@ from sparse_training.models import (
     MLP,
     MODELS,
     LeNet5,
+    MaxPool2x2,
     build_model,
     count_parameters,
     make_activation,
+    max_pool2x2_values,
 )
 
 
@@ -202,3 +205,59 @@ def test_lenet5_too_small_input_raises_user_error():
         build_model("lenet5", input_shape=(40,))  # not an image at all
     # 16x16 is the smallest size that leaves a 1x1 map
     assert build_model("lenet5", input_shape=(1, 16, 16)).fc1.in_features == 16
+
+
+def pool_inputs() -> list[torch.Tensor]:
+    """Post-ReLU activations with ties (zeros, equal positives), odd edges and NaN windows."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for shape in [(16, 6, 24, 24), (16, 16, 8, 8), (3, 2, 9, 11), (2, 1, 5, 4)]:
+        x = torch.relu(torch.randn(shape, generator=g))
+        x[0, 0, :2, :2] = 0.25  # a window of four equal positives
+        x[0, 0, 2, 3] = x[0, 0, 3, 2] = 3.0  # two equal maxima in one window
+        out.append(x)
+    x = torch.randn(4, 3, 6, 6, generator=g)
+    x[0, 0, 0, 1] = x[1, 2, 5, 5] = x[2, 1, 3, 3] = float("nan")
+    out.append(x)
+    return out
+
+
+def test_max_pool2x2_values_equal_max_pool2d_elementwise():
+    for x in pool_inputs():
+        ours, ref = max_pool2x2_values(x), F.max_pool2d(x, 2)
+        assert ours.shape == ref.shape
+        assert torch.equal(ours.isnan(), ref.isnan())
+        assert torch.equal(ours.nan_to_num(-1.0), ref.nan_to_num(-1.0))
+
+
+def test_max_pool2x2_is_max_pool2d_wherever_gradients_may_flow():
+    pool = MaxPool2x2()
+    for x in pool_inputs()[:4]:
+        with torch.inference_mode():  # the value-only path
+            assert torch.equal(pool(x), F.max_pool2d(x, 2))
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        g = torch.randn(F.max_pool2d(x, 2).shape, generator=torch.Generator().manual_seed(1))
+        pool(a).backward(g)
+        F.max_pool2d(b, 2).backward(g)
+        assert torch.equal(a.grad, b.grad)  # routed to the first maximum of each window, as max_pool2d
+    # forward-mode AD and torch.func see max_pool2d (inference mode is off inside a transform)
+    x = pool_inputs()[0].double()
+    t = torch.randn_like(x)
+    with torch.inference_mode():
+        _, ours = torch.func.jvp(pool, (x,), (t,))
+    _, ref = torch.func.jvp(lambda z: F.max_pool2d(z, 2), (x,), (t,))
+    assert torch.equal(ours, ref)
+
+
+def test_lenet5_logits_under_inference_mode_are_bit_identical():
+    from landscape.evaluate import predict_logits
+    from sparse_training.data import load_dataset
+
+    data = load_dataset("mnist")
+    model = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    x = data.x_test[:300]
+    with torch.no_grad():
+        ref = model(x)  # max_pool2d
+    ours = predict_logits(model, x, batch_size=300)
+    assert not ours.is_inference()
+    assert torch.equal(ours.view(torch.int32), ref.view(torch.int32))

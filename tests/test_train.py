@@ -279,3 +279,23 @@ def test_pruning_window_past_the_end_of_training_is_refused(tmp_path):
               "--prune-end-step", "100", "--run-id", "late")
     assert exc.value.code == 2
     assert not (tmp_path / "late").exists()
+
+
+def test_batch_indices_are_each_epochs_own_permutation_in_any_step_order(tmp_path):
+    """The trainer keeps one epoch's permutation at a time; asked in any order (a resume goes back),
+    every step's batch is the slice of the permutation seeded by (seed, epoch)."""
+    from sparse_training.config import TrainConfig
+    from sparse_training.methods import seed_for
+    from sparse_training.trainer import setup_run
+
+    cfg = TrainConfig(model="mlp", dataset="digits", hidden=16, depth=2, method="dense", steps=40,
+                      batch_size=100, seed=3)
+    t = setup_run(cfg, tmp_path, run_id="perm", quiet=True)
+    per_epoch = t.steps_per_epoch
+    assert per_epoch > 2
+    steps = [0, 1, per_epoch - 1, per_epoch, per_epoch + 1, 1, 3 * per_epoch + 2, 2, per_epoch]
+    for step in steps:
+        epoch, pos = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(seed_for(cfg.seed, "data") * 10_007 + epoch)
+        expected = torch.randperm(t.n, generator=g)[pos * 100:(pos + 1) * 100]
+        assert torch.equal(t.batch_indices(step), expected), step
