@@ -136,7 +136,7 @@ def evci_overhead(args, device, sync) -> None:
           f"{'PASS' if ratio <= 1.3 else 'MISS'}")
 
 
-def test_pass_pools(data, device, sync, repeats: int) -> None:
+def time_test_pass_pools(data, device, sync, repeats: int) -> None:
     """Seconds of one trainer test pass with LeNet-5's own pools vs ``nn.MaxPool2d``; same weights."""
     from landscape.evaluate import evaluate
     from sparse_training.models import build_model
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     print(f"{'sparse / dense step time':<40}{ratio:>12.3f}{'<= 1.15':>10}  {'PASS' if ratio <= 1.15 else 'MISS'}")
     print(f"{'s per epoch, dense (4,000 images)':<40}{dense * epoch_steps:>12.2f}")
     print(f"{'s per epoch, sparse (4,000 images)':<40}{sparse * epoch_steps:>12.2f}")
-    test_pass_pools(load_dataset("mnist", args.data_dir), device, sync, args.repeats)
+    time_test_pass_pools(load_dataset("mnist", args.data_dir), device, sync, args.repeats)
     evci_overhead(args, device, sync)
     return 0
 

@@ -45,6 +45,7 @@ class MaxPool2x2(nn.Module):
             return max_pool2x2_values(x)
         return F.max_pool2d(x, 2)
 
+
 class SReLU(nn.Module):
     """S-shaped ReLU (Jin et al. 2016), the activation of SET and of Tessera et al.'s study.
 

@@ -160,7 +160,7 @@ class Trainer:
     quiet: bool = False
     log_seconds: float = 0.0  # wall time spent measuring and writing metrics rows (not training)
     dist: ddp.DistInfo | None = None  # set under torchrun: data-parallel over the process group
-    _epoch_perm: tuple[int, torch.Tensor] | None = field(default=None, repr=False)  # (epoch, its permutation)
+    _epoch_perm: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)  # (epoch, its permutation)
 
     def __post_init__(self) -> None:
         d = self.device
