@@ -108,30 +108,97 @@ STEPS = (
 )
 
 
-def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace,
-                         steps: tuple[Step, ...] = STEPS) -> list[str]:
-    """Run every analysis of ``steps`` whose outputs are missing (all with ``--force``); returns the ones run."""
+# longest first (measured on evci-lenet5): a pool of workers then ends its queue at about the same time
+COST_ORDER = ("hessian", "interpolate", "stability", "ensemble", "curve", "plane", "signal", "mds",
+              "distances", "gradflow")
+
+
+def _analysis_job(name: str, argv: list[str], threads: int) -> tuple[str, int, float]:
+    """One analysis CLI in a worker process with ``threads`` torch threads: (name, exit code, seconds)."""
     import importlib
 
-    ran = []
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    t0 = time.perf_counter()
+    try:
+        code = importlib.import_module(f"analysis.{name}").main(argv)
+    except SystemExit as exc:  # a CLI's UserError: its sentence is already on stderr
+        code = exc.code if isinstance(exc.code, int) else 1
+    return name, int(code or 0), time.perf_counter() - t0
+
+
+def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace,
+                         steps: tuple[Step, ...] = STEPS, jobs: int = 1) -> list[str]:
+    """Run every analysis of ``steps`` whose outputs are missing (all with ``--force``); returns the ones run.
+
+    With ``jobs`` above 1 they run in that many worker processes at once, longest first, each with an
+    equal share of the CPU cores as torch threads (most analyses are many small operations, which a
+    second thread barely speeds up: two processes finish about twice as much work).
+    """
+    import importlib
+
     # outputs older than the newest finished run are stale
     newest = max((p.stat().st_mtime for p in runs.glob("*/status.json")), default=0.0)
+    todo = []
     for step in steps:
         outputs = [analysis_dir / f for f in step.outputs]
         fresh = all(p.is_file() and p.stat().st_mtime >= newest for p in outputs) and step.current(analysis_dir)
         if fresh and not args.force:
             continue
-        module = importlib.import_module(f"analysis.{step.name}")
-        t0 = time.perf_counter()
-        print(f"[figures.paper] running analysis.{step.name} ...", flush=True)
         argv = step.argv(runs, analysis_dir, args)
         if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian", "plane", "curve", "stability"):
             argv += ["--data-dir", args.data_dir]
+        todo.append((step.name, argv, step.outputs[0]))
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1.")
+    if jobs > 1 and len(todo) > 1:
+        return _run_in_pool(todo, min(jobs, len(todo)))
+    ran = []
+    for name, argv, _ in todo:
+        module = importlib.import_module(f"analysis.{name}")
+        t0 = time.perf_counter()
+        print(f"[figures.paper] running analysis.{name} ...", flush=True)
         code = module.main(argv)
         if code:
-            raise UserError(f"analysis.{step.name} failed (exit code {code}).")
-        print(f"[figures.paper] analysis.{step.name} done in {time.perf_counter() - t0:.0f} s", flush=True)
-        ran.append(step.name)
+            raise UserError(f"analysis.{name} failed (exit code {code}).")
+        print(f"[figures.paper] analysis.{name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        ran.append(name)
+    return ran
+
+
+def _run_in_pool(todo: list[tuple[str, list[str], str]], jobs: int) -> list[str]:
+    """The analyses of ``todo`` (name, argv, first output) in ``jobs`` spawned worker processes. Failures
+    are raised together, as one UserError, once every analysis has ended (the others' outputs are kept)."""
+    import multiprocessing
+    import os
+    from collections import Counter
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    rank = {name: i for i, name in enumerate(COST_ORDER)}
+    todo = sorted(todo, key=lambda t: rank.get(t[0], len(rank)))
+    twice = {name for name, n in Counter(t[0] for t in todo).items() if n > 1}
+    label = {i: f"analysis.{name}" + (f" ({first})" if name in twice else "") for i, (name, _, first) in enumerate(todo)}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(f"[figures.paper] running {len(todo)} analyses, {jobs} at a time ({threads} torch thread(s) each), "
+          f"longest first", flush=True)
+    ran, failures = [], []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_analysis_job, name, argv, threads): i for i, (name, argv, _) in enumerate(todo)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                _, code, seconds = future.result()
+            except Exception as exc:  # a crash in the worker: name it, let the others finish
+                failures.append(f"{label[i]} crashed ({type(exc).__name__}: {exc})")
+                continue
+            if code:
+                failures.append(f"{label[i]} failed (exit code {code})")
+                continue
+            print(f"[figures.paper] {label[i]} done in {seconds:.0f} s", flush=True)
+            ran.append(todo[i][0])
+    if failures:
+        raise UserError("; ".join(failures) + ".")
     return ran
 
 
@@ -535,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
     p.add_argument("--hessian-updates", type=int, default=4, help="RigL mask updates to take eigenvalues around")
     p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
+    p.add_argument("--jobs", type=int, default=1, help="analyses to run at a time, in worker processes")
     p.add_argument("--quiet", action="store_true", help="less output")
     return p
 
@@ -553,7 +621,7 @@ def build_setting(name: str, runs: Path, analysis_dir: Path, out: Path, args: ar
     setting_args.model = args.model or all_runs[0].config.get("model", "lenet5")
     for d in (analysis_dir, out):
         _mkdir(d)
-    run_missing_analyses(runs, analysis_dir, setting_args)
+    run_missing_analyses(runs, analysis_dir, setting_args, jobs=args.jobs)
     fig_signal(read(analysis_dir, "signal.csv"), out)
     fig_gradnorm(read(analysis_dir, "gradflow_curves.csv"), out)
     fig_mds(read(analysis_dir, "mds.csv"), out)
@@ -570,6 +638,8 @@ def build_setting(name: str, runs: Path, analysis_dir: Path, out: Path, args: ar
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.jobs < 1:
+        raise UserError("--jobs must be at least 1.")
     dirs = [Path(r) for r in args.runs]
     if len(dirs) > 1 and args.analysis_dir:
         raise UserError("--analysis-dir applies to one runs directory; with several, each uses its own _analysis.")

@@ -7,8 +7,9 @@ The second line is ``make reproduce-paper``: Evci et al.'s own protocol on full 
 first fetches and verifies the full datasets the preset needs when the data directory lacks them.
 
 The ``stability`` preset's runs (Frankle et al. 2020's rewinding experiment, 22 short runs; for
-another family preset the same graph with that preset's model and data) go to ``<out>/_stability``; the analyses beyond the paper (``figures.beyond``: plane, curves, stability,
-per-layer Hessian spectra) write to ``<out>/_analysis`` like the others.
+another family preset the same graph with that preset's model and data) go to ``<out>/_stability``. Then every
+analysis, the paper's and those beyond it (``figures.beyond``: plane, curves, stability, per-layer Hessian
+spectra), runs into ``<out>/_analysis``, ``--jobs`` at a time in worker processes, longest first.
 
 Running it again reuses finished runs and analyses and takes seconds. The PNGs are also copied to
 ``docs/`` (for the README) unless ``--no-docs``.
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from analysis.runs import select_runs
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.presets import (
     parse_overrides,
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper-lenet5", help="suite preset")
     p.add_argument("--out", default="runs", help="runs directory")
     p.add_argument("--seeds", type=int, default=5, help="seeds per method")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    p.add_argument("--jobs", type=int, default=2, help="runs (and then analyses) at a time")
     p.add_argument("--device", default="cpu", help="device of each run")
     p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
@@ -103,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     paper_argv = [args.out, "--interp-examples", str(args.interp_examples), "--hessian-examples",
                   str(args.hessian_examples), "--hessian-updates", str(args.hessian_updates)]
     paper_argv += ["--data-dir", args.data_dir] if args.data_dir else []
-    print(f"\n[3/4] analyses beyond the paper ({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    paper.run_missing_analyses(Path(args.out), Path(args.out) / "_analysis", paper.build_parser().parse_args(paper_argv),
-                               steps)
-    print(f"[figures.reproduce] stability suite and analyses beyond the paper took {time.perf_counter() - t1:.0f} s",
-          flush=True)
-    print(f"\n[4/4] the paper's analyses, figures and REPORT.md ({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    print(f"\n[3/4] every analysis, the paper's and those beyond it, {args.jobs} at a time "
+          f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
+    analysis_args = paper.build_parser().parse_args(paper_argv)
+    analysis_args.model = select_runs(Path(args.out), warn=False)[0].config.get("model", "lenet5")
+    paper.run_missing_analyses(Path(args.out), Path(args.out) / "_analysis", analysis_args, steps + paper.STEPS,
+                               jobs=args.jobs)
+    print(f"[figures.reproduce] stability suite and analyses took {time.perf_counter() - t1:.0f} s", flush=True)
+    print(f"\n[4/4] the paper's figures, tables and REPORT.md ({time.perf_counter() - t0:.0f} s so far)", flush=True)
     code = paper.main(paper_argv)
     if code:
         return code

@@ -152,3 +152,32 @@ def test_analysis_dir_with_several_runs_directories_exit_2(tmp_path, capsys):
         main([str(tmp_path / "a"), str(tmp_path / "b"), "--analysis-dir", str(tmp_path / "x")])
     assert exc.value.code == 2 and "one runs directory" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_analyses_in_worker_processes_match_the_sequential_ones_and_name_failures(figures_dir, tmp_path, capsys):
+    from analysis.runs import select_runs
+    from figures.paper import STEPS, Step, build_parser, run_missing_analyses
+    from sparse_training.errors import UserError
+
+    runs = figures_dir.parent
+    args = build_parser().parse_args([str(runs)])
+    args.model = select_runs(runs, warn=False)[0].config.get("model", "lenet5")
+    steps = tuple(s for s in STEPS if s.name in ("gradflow", "distances", "mds"))
+    out = tmp_path / "parallel"
+    out.mkdir()
+    assert sorted(run_missing_analyses(runs, out, args, steps, jobs=2)) == ["distances", "gradflow", "mds"]
+    assert "3 analyses, 2 at a time" in capsys.readouterr().out
+    for step in steps:  # the same numbers as the sequential run of the fixture
+        for name in step.outputs:
+            pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(runs / "_analysis" / name),
+                                          check_exact=False, rtol=1e-9)
+    # one analysis fails (a runs directory that does not exist): it is named, the others still finish
+    bad = Step("distances", ("never.csv",), lambda r, o, a: [str(r / "missing"), "--out", str(o), "--quiet"])
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(UserError, match=r"analysis\.distances \(never\.csv\) failed \(exit code 2\)"):
+        run_missing_analyses(runs, again, args, steps + (bad,), jobs=2)
+    assert all((again / name).is_file() for step in steps for name in step.outputs)
+    with pytest.raises(SystemExit) as exc:
+        main([str(runs), "--jobs", "0"])
+    assert exc.value.code == 2 and "--jobs must be at least 1" in capsys.readouterr().err
