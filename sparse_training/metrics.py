@@ -56,29 +56,57 @@ def metric_indices(n: int, size: int, examples: str = "random") -> torch.Tensor:
     return fixed_batches(n, size, examples)[0]
 
 
+def batch_independent(model: nn.Module, train_mode: bool = True) -> bool:
+    """Whether each example's output depends on that example alone: no BatchNorm (batch statistics)
+    and no dropout (random masks) in training mode. Then a gradient may be summed over chunks."""
+    if not train_mode:
+        return True
+    return not any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+                   for m in model.modules())
+
+
 def masked_gradient(model: nn.Module, masks: Masks | None, x: torch.Tensor, y: torch.Tensor,
-                    train_mode: bool = True) -> tuple[dict[str, torch.Tensor], float, float]:
+                    train_mode: bool = True, chunk: int | None = None) -> tuple[dict[str, torch.Tensor], float, float]:
     """Gradient of the mean cross-entropy on ``(x, y)`` with masked weights' entries zeroed.
 
     The model runs in training mode (BatchNorm uses batch statistics, as in a training step; with
     ``train_mode=False`` in eval mode) and its buffers are restored afterwards. The loss has no L2
     term (weight decay lives in the optimizer). Returns ``(grads, loss, accuracy)``.
+
+    ``chunk``: where the model is :func:`batch_independent`, sum the gradient over chunks of that many
+    examples (the same gradient up to float rounding; on a CPU a LeNet-5 gradient over 1,000 images is
+    ~1.3x faster in chunks of 125, which stay in cache). Otherwise the whole batch goes at once.
     """
     was_training = model.training
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     model.train(train_mode)
+    n = len(x)
+    if chunk is None or chunk >= n or not batch_independent(model, train_mode):
+        chunk = n
     with preserved_buffers(model):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        grads = torch.autograd.grad(loss, [p for _, p in params])
+        total: list[torch.Tensor] | None = None
+        loss_sum = x.new_zeros((), dtype=torch.float64)
+        correct = 0
+        for xs, ys in zip(x.split(chunk), y.split(chunk)):
+            logits = model(xs)
+            loss = F.cross_entropy(logits, ys) if chunk == n else F.cross_entropy(logits, ys, reduction="sum")
+            grads = torch.autograd.grad(loss, [p for _, p in params])
+            total = list(grads) if total is None else [a.add_(b) for a, b in zip(total, grads)]
+            loss_sum += loss.detach().double()
+            correct += int((logits.argmax(1) == ys).sum())
     model.train(was_training)
+    if chunk < n:
+        total = [g / n for g in total]
+        loss_value = float(loss_sum) / n
+    else:
+        loss_value = float(loss_sum)
     out = {}
-    for (name, _), g in zip(params, grads):
+    for (name, _), g in zip(params, total):
         if masks is not None and name in masks:
             g = g * masks[name].to(g.device)
         out[name] = g.detach()
-    acc = (logits.argmax(1) == y).float().mean().item()
-    return out, loss.item(), acc
+    # as float32 mean of the hits: the float32 rounding of correct / n, as it has always been logged
+    return out, loss_value, (torch.tensor(float(correct)) / n).item()
 
 
 def gradient_flow(grads: dict[str, torch.Tensor], masks: Masks | None,

@@ -70,6 +70,33 @@ def test_masked_gradient_equals_autograd_times_mask():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_chunked_masked_gradient_equals_the_whole_batch_gradient_and_keeps_batchnorm_whole():
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 16, 16), num_classes=10).double()
+    masks = Masks.random(model, 0.8, seed=0)
+    masks.apply(model)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(70, 1, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 10, (70,), generator=g)
+    whole, loss, acc = masked_gradient(model, masks, x, y)
+    parts, loss_c, acc_c = masked_gradient(model, masks, x, y, chunk=16)  # 16+16+16+16+6: a ragged last chunk
+    for name in whole:
+        assert torch.allclose(parts[name], whole[name], rtol=1e-12, atol=1e-15), name
+        if name in masks:
+            assert torch.equal(parts[name][~masks[name]], torch.zeros_like(parts[name][~masks[name]]))
+    assert loss_c == pytest.approx(loss, rel=1e-12) and acc_c == acc
+    # BatchNorm in training mode: chunks would change the batch statistics, so the batch goes whole
+    bn = bn_mlp(dtype=torch.float64)
+    xb, yb = data(dtype=torch.float64)
+    ref, ref_loss, _ = masked_gradient(bn, None, xb, yb)
+    same, same_loss, _ = masked_gradient(bn, None, xb, yb, chunk=5)
+    assert all(torch.equal(ref[k], same[k]) for k in ref) and same_loss == ref_loss
+    # ... while in eval mode (running statistics) chunking is exact again
+    ev, _, _ = masked_gradient(bn, None, xb, yb, train_mode=False)
+    ev_c, _, _ = masked_gradient(bn, None, xb, yb, train_mode=False, chunk=5)
+    assert all(torch.allclose(ev[k], ev_c[k], rtol=1e-12, atol=1e-15) for k in ev)
+    assert not all(torch.allclose(ev[k], ref[k], rtol=1e-6) for k in ev)  # eval mode really differs
+
+
 def test_masked_gradient_matches_finite_differences():
     model = bn_mlp(1, dtype=torch.float64)
     masks = Masks.random(model, 0.5, seed=1)
