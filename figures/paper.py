@@ -113,8 +113,8 @@ COST_ORDER = ("hessian", "interpolate", "stability", "ensemble", "curve", "plane
               "distances", "gradflow")
 
 
-def _analysis_job(name: str, argv: list[str], threads: int) -> tuple[str, int, float]:
-    """One analysis CLI in a worker process with ``threads`` torch threads: (name, exit code, seconds)."""
+def _analysis_job(name: str, argv: list[str], threads: int) -> tuple[int, float]:
+    """One analysis CLI in a worker process with ``threads`` torch threads: (exit code, seconds)."""
     import importlib
 
     import torch
@@ -125,7 +125,7 @@ def _analysis_job(name: str, argv: list[str], threads: int) -> tuple[str, int, f
         code = importlib.import_module(f"analysis.{name}").main(argv)
     except SystemExit as exc:  # a CLI's UserError: its sentence is already on stderr
         code = exc.code if isinstance(exc.code, int) else 1
-    return name, int(code or 0), time.perf_counter() - t0
+    return int(code or 0), time.perf_counter() - t0
 
 
 def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespace,
@@ -138,6 +138,8 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
     """
     import importlib
 
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1.")
     # outputs older than the newest finished run are stale
     newest = max((p.stat().st_mtime for p in runs.glob("*/status.json")), default=0.0)
     todo = []
@@ -150,8 +152,6 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
         if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian", "plane", "curve", "stability"):
             argv += ["--data-dir", args.data_dir]
         todo.append((step.name, argv, step.outputs[0]))
-    if jobs < 1:
-        raise UserError("--jobs must be at least 1.")
     if jobs > 1 and len(todo) > 1:
         return _run_in_pool(todo, min(jobs, len(todo)))
     ran = []
@@ -188,7 +188,7 @@ def _run_in_pool(todo: list[tuple[str, list[str], str]], jobs: int) -> list[str]
         for future in as_completed(futures):
             i = futures[future]
             try:
-                _, code, seconds = future.result()
+                code, seconds = future.result()
             except Exception as exc:  # a crash in the worker: name it, let the others finish
                 failures.append(f"{label[i]} crashed ({type(exc).__name__}: {exc})")
                 continue
@@ -614,11 +614,17 @@ def _mkdir(d: Path) -> None:
         raise UserError(f"cannot write to {d} ({exc.strerror or exc}).") from None
 
 
+def analysis_args(args: argparse.Namespace, all_runs) -> argparse.Namespace:
+    """A copy of ``args`` for one runs directory's analyses: ``--model`` defaults to its runs' model."""
+    setting_args = argparse.Namespace(**vars(args))
+    setting_args.model = args.model or all_runs[0].config.get("model", "lenet5")
+    return setting_args
+
+
 def build_setting(name: str, runs: Path, analysis_dir: Path, out: Path, args: argparse.Namespace) -> Setting:
     """Analyses (those missing), figures, tables and claim verdicts of one runs directory."""
     all_runs = select_runs(runs, warn=False)
-    setting_args = argparse.Namespace(**vars(args))
-    setting_args.model = args.model or all_runs[0].config.get("model", "lenet5")
+    setting_args = analysis_args(args, all_runs)
     for d in (analysis_dir, out):
         _mkdir(d)
     run_missing_analyses(runs, analysis_dir, setting_args, jobs=args.jobs)

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     paper_argv += ["--data-dir", args.data_dir] if args.data_dir else []
     print(f"\n[3/4] every analysis, the paper's and those beyond it, {args.jobs} at a time "
           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
-    analysis_args = paper.build_parser().parse_args(paper_argv)
-    analysis_args.model = select_runs(Path(args.out), warn=False)[0].config.get("model", "lenet5")
+    analysis_args = paper.analysis_args(paper.build_parser().parse_args(paper_argv),
+                                        select_runs(Path(args.out), warn=False))
     paper.run_missing_analyses(Path(args.out), Path(args.out) / "_analysis", analysis_args, steps + paper.STEPS,
                                jobs=args.jobs)
     print(f"[figures.reproduce] stability suite and analyses took {time.perf_counter() - t1:.0f} s", flush=True)
