@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .masks import Masks
+from .models import fused_relu_pools
 
 
 @contextlib.contextmanager
@@ -88,7 +89,8 @@ def masked_gradient(model: nn.Module, masks: Masks | None, x: torch.Tensor, y: t
         loss_sum = x.new_zeros((), dtype=torch.float64)
         correct = 0
         for xs, ys in zip(x.split(chunk), y.split(chunk)):
-            logits = model(xs)
+            with fused_relu_pools():  # LeNet-5's ReLU + max-pools: the same bits, faster on a CPU
+                logits = model(xs)
             loss = F.cross_entropy(logits, ys) if chunk == n else F.cross_entropy(logits, ys, reduction="sum")
             grads = torch.autograd.grad(loss, [p for _, p in params])
             total = list(grads) if total is None else [a.add_(b) for a, b in zip(total, grads)]
