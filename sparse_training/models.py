@@ -53,7 +53,7 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
     window's gradient to its first maximum in row-major order and the ReLU's backward then zeroes it
     where that maximum is not positive; here three float masks record which half wins (ties to the
     first) and one which outputs are positive, and the backward routes the gradient with products.
-    First-order reverse mode only: :func:`fused_relu_pools` decides where it is used.
+    :func:`fused_relu_pools` decides where it is used (no ``torch.func`` support).
     """
 
     @staticmethod
@@ -74,10 +74,20 @@ class _ReLUMaxPool2x2(torch.autograd.Function):
         g_top = grad - g_bottom  # exact: each of the two is either grad or zero
         g_b = g_top * right_top
         g_d = g_bottom * right_bottom
+        # every part is the incoming gradient or a zero. The differences' zeros are +0.0 (x - x is), the
+        # two products' zeros take the gradient's sign: adding +0.0 makes them +0.0, as ATen's gradient
+        # (zero-filled, then accumulated into) has them
+        parts = (g_top - g_b, g_b, g_bottom - g_d, g_d)
+        signed = (False, True, False, True)
         h, w = ctx.in_shape[-2:]
+        if torch.is_grad_enabled():  # double backward (create_graph=True): assemble differentiably
+            a, b, c, d = (p + 0.0 if s else p for p, s in zip(parts, signed))
+            rows = torch.stack((torch.stack((a, b), -1), torch.stack((c, d), -1)), -3)  # (.., H/2, 2, W/2, 2)
+            full = rows.reshape(*ctx.in_shape[:-2], h - h % 2, w - w % 2)
+            return F.pad(full, (0, w % 2, 0, h % 2))
         full = grad.new_zeros(ctx.in_shape) if (h % 2 or w % 2) else grad.new_empty(ctx.in_shape)
-        for corner, value in zip(_corners(full), (g_top - g_b, g_b, g_bottom - g_d, g_d)):
-            corner.copy_(value)
+        for corner, part, s in zip(_corners(full), parts, signed):
+            torch.add(part, 0.0, out=corner) if s else corner.copy_(part)
         return full
 
 
@@ -87,12 +97,11 @@ _FUSED_POOLS: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_relu_
 @contextlib.contextmanager
 def fused_relu_pools() -> Iterator[None]:
     """Inside this block, LeNet-5's ReLU + 2x2 max-pool pairs on a CPU run as one fused autograd
-    function wherever a first-order gradient is being recorded (training steps, metrics gradients):
-    the same values and the same gradients, bit for bit, in about half the time (ATen's CPU
-    max-pool also finds arg-max indices, slowly). Transforms (``torch.func``), forward-mode AD and
-    double backward are not supported by the fused function, so callers enter this block only
-    around plain ``backward``/``autograd.grad`` work; under a ``torch.func`` transform or a
-    forward-AD level the usual modules run even inside it.
+    function wherever reverse-mode gradients are recorded (training steps, metrics gradients): the same
+    values and the same first-order gradients, bit for bit, in less time (ATen's CPU max-pool also
+    finds the arg-max indices, slowly). Under a ``torch.func`` transform, a forward-AD level, no_grad
+    or inference mode, and on other devices, the usual modules run even inside the block. Double
+    backward (``create_graph=True``) works; its products equal ATen's up to float rounding.
     """
     token = _FUSED_POOLS.set(True)
     try:

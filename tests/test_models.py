@@ -16,8 +16,10 @@ from sparse_training.models import (
     MaxPool2x2,
     build_model,
     count_parameters,
+    fused_relu_pools,
     make_activation,
     max_pool2x2_values,
+    relu_max_pool2x2,
 )
 
 
@@ -261,3 +263,90 @@ def test_lenet5_logits_under_inference_mode_are_bit_identical():
     ours = predict_logits(model, x, batch_size=300)
     assert not ours.is_inference()
     assert torch.equal(ours.view(torch.int32), ref.view(torch.int32))
+
+
+def pre_activations() -> list[torch.Tensor]:
+    """Conv-output-like inputs for a ReLU + max-pool: small integers (ties of zeros, of equal positives
+    and of equal negatives in one window, in every order), real-valued maps, odd edges."""
+    g = torch.Generator().manual_seed(0)
+    out = [torch.randint(-2, 3, shape, generator=g).float() for shape in [(8, 4, 6, 6), (3, 2, 7, 5), (2, 3, 5, 8)]]
+    out += [torch.randn(shape, generator=g) for shape in [(16, 6, 24, 24), (16, 16, 8, 8), (3, 2, 9, 11)]]
+    x = torch.randn(4, 3, 6, 6, generator=g)
+    x[0, 0, :2, :2] = 0.5               # four equal positives: the first (top-left) takes it
+    x[0, 1, 0, 1] = x[0, 1, 1, 0] = 2.0  # top-right and bottom-left tie: row-major order picks top-right
+    x[1, 0, 1, 0] = x[1, 0, 1, 1] = 3.0  # the bottom row's two tie
+    out.append(x)
+    return out
+
+
+def fused(out: torch.Tensor) -> bool:
+    return type(out.grad_fn).__name__ == "_ReLUMaxPool2x2Backward"
+
+
+def fused_nodes(out: torch.Tensor) -> int:
+    """How many fused ReLU + max-pool nodes the autograd graph behind ``out`` holds."""
+    seen, stack, count = set(), [out.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__ == "_ReLUMaxPool2x2Backward"
+        stack.extend(n for n, _ in node.next_functions)
+    return count
+
+
+def test_fused_relu_pool_gives_max_pool2d_values_and_gradients_bit_for_bit():
+    for x in pre_activations():
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ref = F.max_pool2d(F.relu(b), 2)
+        g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+        g.view(-1)[::5] = -0.0  # ATen's gradient holds +0.0 there
+        with fused_relu_pools():
+            out = relu_max_pool2x2(a)
+        assert fused(out)
+        assert torch.equal(out.view(torch.int32), ref.view(torch.int32))  # the signs of zeros too
+        out.backward(g)
+        ref.backward(g)
+        assert torch.equal(a.grad.view(torch.int32), b.grad.view(torch.int32)), x.shape
+
+
+def test_fused_relu_pool_only_where_first_order_reverse_mode_gradients_are_recorded():
+    x = pre_activations()[3][:2].requires_grad_(True)
+    assert not fused(relu_max_pool2x2(x))  # outside the block
+    with fused_relu_pools():
+        assert fused(relu_max_pool2x2(x))
+        assert not fused(relu_max_pool2x2(x.detach()))  # nothing to differentiate
+        with torch.no_grad():
+            assert torch.equal(relu_max_pool2x2(x), F.max_pool2d(F.relu(x), 2))
+        # torch.func sees the usual ops (the fused function has no functorch rules) and gets their gradient
+        ours = torch.func.grad(lambda z: relu_max_pool2x2(z).pow(2).sum())(x.detach())
+    ref = torch.func.grad(lambda z: F.max_pool2d(F.relu(z), 2).pow(2).sum())(x.detach())
+    assert torch.equal(ours, ref)
+    assert not fused(relu_max_pool2x2(x))  # the block's end switches it off again
+
+
+def test_lenet5_in_the_fused_block_same_gradients_and_hessian_products():
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).double()
+    x = torch.rand(6, 1, 28, 28, dtype=torch.double)
+    x[:, :, :8] = 0  # blank rows: windows of equal pre-activations (the bias) at every layer
+    y = torch.randint(0, 10, (6,))
+    params = list(model.parameters())
+    v = [torch.randn_like(p) for p in params]
+
+    def grads_and_hvp(in_block: bool):
+        if in_block:
+            with fused_relu_pools():
+                logits = model(x)
+        else:
+            logits = model(x)
+        assert fused_nodes(logits) == (2 if in_block else 0)  # both of LeNet-5's pools, or none
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), params, create_graph=True)
+        hvp = torch.autograd.grad(sum((g * t).sum() for g, t in zip(grads, v)), params)
+        return [g.detach() for g in grads], hvp
+
+    (g0, h0), (g1, h1) = grads_and_hvp(False), grads_and_hvp(True)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(h0, h1))
+    assert not all(torch.equal(a, torch.zeros_like(a)) for a in h1)

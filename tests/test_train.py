@@ -299,3 +299,39 @@ def test_batch_indices_are_each_epochs_own_permutation_in_any_step_order(tmp_pat
         g = torch.Generator().manual_seed(seed_for(cfg.seed, "data") * 10_007 + epoch)
         expected = torch.randperm(t.n, generator=g)[pos * 100:(pos + 1) * 100]
         assert torch.equal(t.batch_indices(step), expected), step
+
+
+def test_fused_relu_pools_leave_a_lenet5_rigl_run_bit_identical(tmp_path, monkeypatch):
+    """The trainer's fused ReLU + max-pool (training steps, metrics rows, RigL's growth gradient) gives
+    the same end weights, momentum and metrics, bit for bit, as the plain modules."""
+    import contextlib
+
+    from sparse_training import metrics as metrics_module
+    from sparse_training import models as models_module
+    from sparse_training import trainer as trainer_module
+    from sparse_training.config import TrainConfig
+    from sparse_training.trainer import setup_run
+
+    cfg = TrainConfig(model="lenet5", dataset="mnist", method="rigl", sparsity=0.9, steps=24, batch_size=32,
+                      update_every=8, log_every=8, metrics_batch=300, optimizer="momentum", seed=1)
+
+    def run(name: str):
+        t = setup_run(cfg, tmp_path, run_id=name, quiet=True)
+        t.fit()
+        bits = {k: v.view(torch.int32).clone() for k, v in t.model.state_dict().items()}
+        momentum = [t.optimizer.state[p]["momentum_buffer"].view(torch.int32).clone()
+                    for p in t.model.parameters()]
+        return bits, momentum, (tmp_path / name / "metrics.csv").read_text()
+
+    calls = []
+    real_apply = models_module._ReLUMaxPool2x2.apply
+    monkeypatch.setattr(models_module._ReLUMaxPool2x2, "apply", staticmethod(lambda x: calls.append(1) or real_apply(x)))
+    fused = run("fused")
+    assert len(calls) > 2 * cfg.steps  # both pools of every step, and the metrics and growth gradients
+    for module in (trainer_module, metrics_module):
+        monkeypatch.setattr(module, "fused_relu_pools", contextlib.nullcontext)
+    plain = run("plain")
+    assert same_bits(fused[0], plain[0])
+    assert all(torch.equal(a, b) for a, b in zip(fused[1], plain[1]))
+    assert fused[2] == plain[2]
+    assert "pre_update" in fused[2]  # RigL's updates (and their growth gradients) happened
