@@ -4,7 +4,10 @@ side by side in one run, and seconds per epoch on the embedded MNIST; then the t
 of the same model, batches, optimizer and masking, measured in the same process (goal <= 1.3x);
 and the test pass the trainer makes at every metrics row (LeNet-5 over the test split at batch 250)
 with the model's max-pools (``MaxPool2x2``: values only under inference mode on CPU) against the
-same model with ``nn.MaxPool2d``, interleaved (goal <= 0.6x on CPU).
+same model with ``nn.MaxPool2d``, interleaved (goal <= 0.6x on CPU); and a LeNet-5 training step on
+MNIST with the fused ReLU + max-pool the trainer uses (``models.fused_relu_pools``) against the plain
+modules, interleaved from the same weights, on 1 torch thread (as the suite's workers run; goal <= 0.9)
+and on 2, with a check that both end on the same bits (CPU only).
 
     python -m benchmarks.train_step [--device cpu|cuda] [--repeats 5] [--steps 50] [--data-dir data]
 """
@@ -168,6 +171,59 @@ def time_test_pass_pools(data, device, sync, repeats: int) -> None:
     print(f"{'same loss and accuracy':<40}{str(same):>12}")
 
 
+def time_fused_pools(data, device, sync, repeats: int, steps: int, batch: int) -> None:
+    """Seconds per LeNet-5 training step (masked, momentum SGD, real MNIST batches) inside
+    ``fused_relu_pools`` and outside it, interleaved from the same start; the end weights must agree."""
+    import contextlib
+    import copy
+
+    from sparse_training.models import fused_relu_pools
+
+    if device.type != "cpu":
+        print("\nfused ReLU + max-pool: CPU only (other devices run the plain modules)")
+        return
+    cfg = TrainConfig(method="scratch", sparsity=0.95, batch_size=batch, optimizer="momentum", lr=0.05)
+    model, masks, _ = prepare_start(cfg, data.input_shape, data.num_classes)
+    runners, models = {}, {}
+    for label, block in (("fused", fused_relu_pools), ("plain", contextlib.nullcontext)):
+        m = copy.deepcopy(model).train()
+        opt = make_optimizer(cfg, m)
+
+        def step(idx, m=m, opt=opt, block=block):
+            opt.zero_grad(set_to_none=True)
+            with block():
+                logits = m(data.x_train[idx])
+            torch.nn.functional.cross_entropy(logits, data.y_train[idx]).backward()
+            masks.mask_grads(m)
+            opt.step()
+            masks.apply(m)
+
+        runners[label], models[label] = step, m
+    before = torch.get_num_threads()
+    ratios = {}
+    try:
+        for threads in (1, 2):  # 1: as the suite's workers run (one thread each); 2: a lone run's default here
+            torch.set_num_threads(threads)
+            times = {k: [] for k in runners}
+            for _ in range(repeats):
+                for k, step in runners.items():
+                    times[k].append(time_steps(step, len(data.x_train), batch, steps, device, sync))
+            ratios[threads] = (statistics.median(times["fused"]), statistics.median(times["plain"]))
+    finally:
+        torch.set_num_threads(before)
+    same = all(torch.equal(a.view(torch.int32), b.view(torch.int32))
+               for a, b in zip(models["fused"].state_dict().values(), models["plain"].state_dict().values()))
+    print(f"\nLeNet-5 training step on MNIST, batch {batch}, fused ReLU + max-pool vs plain modules, "
+          f"median of {repeats} x {steps} steps")
+    print(f"{'measure':<40}{'value':>12}{'goal':>10}  verdict")
+    for threads, (fused, plain) in ratios.items():
+        print(f"{f'fused (ms), {threads} thread(s)':<40}{fused * 1e3:>12.2f}")
+        print(f"{f'plain (ms), {threads} thread(s)':<40}{plain * 1e3:>12.2f}")
+        goal, verdict = ("<= 0.9", "PASS" if fused / plain <= 0.9 else "MISS") if threads == 1 else ("", "")
+        print(f"{f'fused / plain, {threads} thread(s)':<40}{fused / plain:>12.3f}{goal:>10}  {verdict}")
+    print(f"{'same end weights, bit for bit':<40}{str(same):>12}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -205,7 +261,9 @@ def main(argv=None) -> int:
     print(f"{'sparse / dense step time':<40}{ratio:>12.3f}{'<= 1.15':>10}  {'PASS' if ratio <= 1.15 else 'MISS'}")
     print(f"{'s per epoch, dense (4,000 images)':<40}{dense * epoch_steps:>12.2f}")
     print(f"{'s per epoch, sparse (4,000 images)':<40}{sparse * epoch_steps:>12.2f}")
-    time_test_pass_pools(load_dataset("mnist", args.data_dir), device, sync, args.repeats)
+    full = load_dataset("mnist", args.data_dir)
+    time_test_pass_pools(full, device, sync, args.repeats)
+    time_fused_pools(full, device, sync, args.repeats, 2 * args.steps, args.batch_size)
     evci_overhead(args, device, sync)
     return 0
 

@@ -227,7 +227,7 @@ class LeNet5(nn.Module):
         self.nonlinearity = activation
 
     def _act_pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.nonlinearity == "relu" and isinstance(self.pool, MaxPool2x2) and _fuses(x):
+        if type(self.act) is nn.ReLU and type(self.pool) is MaxPool2x2 and _fuses(x):
             return _ReLUMaxPool2x2.apply(x)
         return self.pool(self.act(x))
 
