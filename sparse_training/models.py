@@ -40,9 +40,10 @@ def max_pool2x2_values(x: torch.Tensor) -> torch.Tensor:
 
 
 def _beats(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """1.0 where ``x > y`` and 0.0 elsewhere (ties included), in float arithmetic: the sign of an
-    exact-or-nonzero difference (IEEE subtraction of two distinct finite floats is never zero), which
-    on a CPU is several times faster than a bool comparison and its conversion."""
+    """1.0 where ``x > y`` and 0.0 elsewhere (ties included), in float arithmetic: the sign of the
+    difference, zero only where the two are equal (IEEE subtraction of two distinct finite floats never
+    gives zero). On a CPU this is several times faster than a bool comparison and its conversion.
+    NaN gives NaN (a window holding a NaN then gets a NaN gradient)."""
     return torch.sub(x, y).sign_().clamp_min_(0)
 
 

@@ -28,9 +28,9 @@ from .distributions import check_sparsity
 from .errors import UserError
 from .io import atomic_torch_save
 from .masks import Masks, maskable_names
-from .models import fused_relu_pools
 from .methods import check_match_width, check_model_options, get_method, parent_path, prepare_start, seed_for
 from .metrics import fixed_batches, gradient_flow, masked_gradient, param_distance
+from .models import fused_relu_pools
 from .rundir import RunDir, check_run_id
 from .updaters import MaskUpdater, make_updater
 
