@@ -39,57 +39,49 @@ def max_pool2x2_values(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
 
 
-def _beats(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """1.0 where ``x > y`` and 0.0 elsewhere (ties included), in float arithmetic: the sign of the
-    difference, zero only where the two are equal (IEEE subtraction of two distinct finite floats never
-    gives zero). On a CPU this is several times faster than a bool comparison and its conversion.
-    NaN gives NaN (a window holding a NaN then gets a NaN gradient)."""
-    return torch.sub(x, y).sign_().clamp_min_(0)
+def _kernels():
+    """The compiled kernels of :mod:`sparse_training.kernels`, or None where numba cannot be imported."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from . import kernels
+        except ImportError:  # numba missing or broken: the usual modules run
+            kernels = False
+        _KERNELS = kernels
+    return _KERNELS or None
+
+
+_KERNELS = None
 
 
 class _ReLUMaxPool2x2(torch.autograd.Function):
-    """``max_pool2d(relu(x), 2)`` with the gradient ATen's kernels give, bit for bit.
+    """``max_pool2d(relu(x), 2)`` with the values and the gradient ATen's kernels give, bit for bit,
+    each in one compiled pass (:mod:`sparse_training.kernels`).
 
-    ``relu`` is monotone, so the pool may come first (``relu(max) == max(relu)`` exactly). ATen sends a
-    window's gradient to its first maximum in row-major order and the ReLU's backward then zeroes it
-    where that maximum is not positive; here three float masks record which half wins (ties to the
-    first) and one which outputs are positive, and the backward routes the gradient with products.
+    ATen sends a window's gradient to its first maximum in row-major order and the ReLU's backward then
+    zeroes it where that maximum is not positive; the forward records, per output, which corner won and
+    whether it is positive (one byte), and the backward routes the gradient by it.
     :func:`fused_relu_pools` decides where it is used (no ``torch.func`` support).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        a, b, c, d = _corners(x)
-        top, bottom = torch.maximum(a, b), torch.maximum(c, d)
-        out = torch.maximum(top, bottom).clamp_min_(0)
-        # right beats left (a tie goes left), bottom row beats top row (a tie goes up), output alive
-        ctx.save_for_backward(_beats(b, a), _beats(d, c), _beats(bottom, top), out.sign())
+        out, code = _kernels().relu_max_pool2x2_forward(x)
+        ctx.save_for_backward(code)
         ctx.in_shape = x.shape
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        right_top, right_bottom, lower, alive = ctx.saved_tensors
-        grad = grad * alive
-        g_bottom = grad * lower
-        g_top = grad - g_bottom  # exact: each of the two is either grad or zero
-        g_b = g_top * right_top
-        g_d = g_bottom * right_bottom
-        # every part is the incoming gradient or a zero. The differences' zeros are +0.0 (x - x is), the
-        # two products' zeros take the gradient's sign: adding +0.0 makes them +0.0, as ATen's gradient
-        # (zero-filled, then accumulated into) has them
-        parts = (g_top - g_b, g_b, g_bottom - g_d, g_d)
-        signed = (False, True, False, True)
+        (code,) = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return _kernels().relu_max_pool2x2_backward(grad, code, ctx.in_shape)
+        # double backward (create_graph=True): the same routing, assembled differentiably
         h, w = ctx.in_shape[-2:]
-        if torch.is_grad_enabled():  # double backward (create_graph=True): assemble differentiably
-            a, b, c, d = (p + 0.0 if s else p for p, s in zip(parts, signed))
-            rows = torch.stack((torch.stack((a, b), -1), torch.stack((c, d), -1)), -3)  # (.., H/2, 2, W/2, 2)
-            full = rows.reshape(*ctx.in_shape[:-2], h - h % 2, w - w % 2)
-            return F.pad(full, (0, w % 2, 0, h % 2))
-        full = grad.new_zeros(ctx.in_shape) if (h % 2 or w % 2) else grad.new_empty(ctx.in_shape)
-        for corner, part, s in zip(_corners(full), parts, signed):
-            torch.add(part, 0.0, out=corner) if s else corner.copy_(part)
-        return full
+        a, b, c, d = (grad * (code == 4 + k).to(grad.dtype) for k in range(4))
+        rows = torch.stack((torch.stack((a, b), -1), torch.stack((c, d), -1)), -3)  # (.., H/2, 2, W/2, 2)
+        full = rows.reshape(*ctx.in_shape[:-2], h - h % 2, w - w % 2)
+        return F.pad(full, (0, w % 2, 0, h % 2))
 
 
 _FUSED_POOLS: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_relu_pools", default=False)
@@ -99,10 +91,12 @@ _FUSED_POOLS: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_relu_
 def fused_relu_pools() -> Iterator[None]:
     """Inside this block, LeNet-5's ReLU + 2x2 max-pool pairs on a CPU run as one fused autograd
     function wherever reverse-mode gradients are recorded (training steps, metrics gradients): the same
-    values and the same first-order gradients, bit for bit, in less time (ATen's CPU max-pool also
-    finds the arg-max indices, slowly). Under a ``torch.func`` transform, a forward-AD level, no_grad
-    or inference mode, and on other devices, the usual modules run even inside the block. Double
-    backward (``create_graph=True``) works; its products equal ATen's up to float rounding.
+    values and the same first-order gradients, bit for bit, in less time: one compiled pass each way
+    (:mod:`sparse_training.kernels`, numba) where ATen's CPU max-pool also finds int64 arg-max indices
+    and its backward scatters into a zeroed tensor. Under a ``torch.func`` transform, a forward-AD
+    level, no_grad or inference mode, for dtypes other than float32/float64, on other devices, and
+    where numba cannot be imported, the usual modules run even inside the block. Double backward
+    (``create_graph=True``) works; its products equal ATen's up to float rounding.
     """
     token = _FUSED_POOLS.set(True)
     try:
@@ -113,9 +107,10 @@ def fused_relu_pools() -> Iterator[None]:
 
 def _fuses(x: torch.Tensor) -> bool:
     """Whether the fused ReLU + max-pool applies to ``x`` here (see :func:`fused_relu_pools`)."""
-    return (_FUSED_POOLS.get() and x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
+    return (_FUSED_POOLS.get() and x.device.type == "cpu" and x.dim() == 4
+            and x.dtype in (torch.float32, torch.float64) and x.requires_grad and torch.is_grad_enabled()
             and torch.autograd.forward_ad._current_level < 0
-            and not torch._C._functorch.is_functorch_wrapped_tensor(x))
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x) and _kernels() is not None)
 
 
 def relu_max_pool2x2(x: torch.Tensor) -> torch.Tensor:

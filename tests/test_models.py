@@ -275,6 +275,8 @@ def pre_activations() -> list[torch.Tensor]:
     x[0, 0, :2, :2] = 0.5               # four equal positives: the first (top-left) takes it
     x[0, 1, 0, 1] = x[0, 1, 1, 0] = 2.0  # top-right and bottom-left tie: row-major order picks top-right
     x[1, 0, 1, 0] = x[1, 0, 1, 1] = 3.0  # the bottom row's two tie
+    x[2, 0, :2, :2] = -0.0               # relu keeps -0.0; a window of signed zeros
+    x[2, 1, 0, 0], x[2, 1, 0, 1] = -0.0, 0.0
     out.append(x)
     return out
 
@@ -309,6 +311,25 @@ def test_fused_relu_pool_gives_max_pool2d_values_and_gradients_bit_for_bit():
         out.backward(g)
         ref.backward(g)
         assert torch.equal(a.grad.view(torch.int32), b.grad.view(torch.int32)), x.shape
+
+
+def test_fused_relu_pool_with_nan_and_infinities_is_aten_bit_for_bit():
+    """A NaN wins its window in ATen's max-pool (and +/-inf are ordinary extremes): the compiled kernel
+    hands such inputs to ATen's forward and routes the gradient by its indices."""
+    x = torch.randn(4, 3, 7, 6, generator=torch.Generator().manual_seed(2))
+    x[0, 0, 0, 1] = x[0, 0, 1, 1] = float("nan")  # two NaNs in one window: the later one wins
+    x[1, 2, 3, 3], x[2, 1, 2, 2], x[3, 0, 6, 0] = float("inf"), -float("inf"), float("nan")  # last: a dropped row
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with fused_relu_pools():
+        out = relu_max_pool2x2(a)
+    assert fused(out)
+    ref = F.max_pool2d(F.relu(b), 2)
+    assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3))
+    out.backward(g)
+    ref.backward(g)
+    assert torch.equal(a.grad.view(torch.int32), b.grad.view(torch.int32))
+    assert a.grad[1, 2, 3, 3] == g[1, 2, 1, 1]  # the infinity took its window's gradient
 
 
 def test_fused_relu_pool_only_where_first_order_reverse_mode_gradients_are_recorded():
