@@ -27,6 +27,13 @@ _KW = dict(nogil=True, cache=True, boundscheck=False)
 
 
 @numba.njit(**_KW)
+def _window_rows(plane, p, h, w, ho, wo):  # pragma: no cover - compiled
+    """Flat offsets of window row ``p`` of ``plane``: its top and bottom input rows, and its output row."""
+    top = (plane * h + 2 * p) * w
+    return top, top + w, (plane * ho + p) * wo
+
+
+@numba.njit(**_KW)
 def _forward(x, out, code):  # pragma: no cover - compiled
     """``out = max_pool2d(relu(x), 2)``; ``code`` = the winning corner (0-3, row-major) + 4 where the
     maximum is positive. ``x`` is (N, C, H, W), C-contiguous; odd last rows/columns are dropped.
@@ -38,9 +45,7 @@ def _forward(x, out, code):  # pragma: no cover - compiled
     one, two, four = np.uint8(1), np.uint8(2), np.uint8(4)
     for plane in range(n * c):
         for p in range(ho):
-            s0 = (plane * h + 2 * p) * w
-            s1 = s0 + w
-            t = (plane * ho + p) * wo
+            s0, s1, t = _window_rows(plane, p, h, w, ho, wo)
             for q in range(wo):
                 a, b = xf[s0 + 2 * q], xf[s0 + 2 * q + 1]
                 cc, d = xf[s1 + 2 * q], xf[s1 + 2 * q + 1]
@@ -76,9 +81,7 @@ def _backward(grad, code, grad_x):  # pragma: no cover - compiled
         xf[:] = zero  # the dropped last row/column
     for plane in range(n * c):
         for p in range(ho):
-            s0 = (plane * h + 2 * p) * w
-            s1 = s0 + w
-            t = (plane * ho + p) * wo
+            s0, s1, t = _window_rows(plane, p, h, w, ho, wo)
             for q in range(wo):
                 k = cf[t + q]
                 v = zero + gf[t + q]  # +0.0 where the incoming gradient is -0.0, as ATen's

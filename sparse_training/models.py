@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -39,19 +40,14 @@ def max_pool2x2_values(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
 
 
+@functools.cache
 def _kernels():
     """The compiled kernels of :mod:`sparse_training.kernels`, or None where numba cannot be imported."""
-    global _KERNELS
-    if _KERNELS is None:
-        try:
-            from . import kernels
-        except ImportError:  # numba missing or broken: the usual modules run
-            kernels = False
-        _KERNELS = kernels
-    return _KERNELS or None
-
-
-_KERNELS = None
+    try:
+        from . import kernels
+    except ImportError:  # numba missing or broken: the usual modules run
+        return None
+    return kernels
 
 
 class _ReLUMaxPool2x2(torch.autograd.Function):
