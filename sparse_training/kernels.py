@@ -27,28 +27,26 @@ _KW = dict(nogil=True, cache=True, boundscheck=False)
 
 
 @numba.njit(**_KW)
-def _window_rows(plane, p, h, w, ho, wo):  # pragma: no cover - compiled
-    """Flat offsets of window row ``p`` of ``plane``: its top and bottom input rows, and its output row."""
-    top = (plane * h + 2 * p) * w
-    return top, top + w, (plane * ho + p) * wo
-
-
-@numba.njit(**_KW)
 def _forward(x, out, code):  # pragma: no cover - compiled
     """``out = max_pool2d(relu(x), 2)``; ``code`` = the winning corner (0-3, row-major) + 4 where the
     maximum is positive. ``x`` is (N, C, H, W), C-contiguous; odd last rows/columns are dropped.
-    Returns False when ``x`` holds a NaN or an infinity (then ``out`` and ``code`` are not ATen's)."""
+    Returns False when a window holds a NaN or an infinity (then ``out`` and ``code`` are not ATen's).
+
+    The loops index one row at a time (views, non-negative offsets) and the NaN test is an OR, not a
+    float sum, so that LLVM vectorizes the inner loop (about 3x the speed of flat offsets here)."""
     n, c, h, w = x.shape
     ho, wo = h // 2, w // 2
-    xf, of, cf = x.ravel(), out.ravel(), code.ravel()
+    x3, o3, c3 = x.reshape(n * c, h, w), out.reshape(n * c, ho, wo), code.reshape(n * c, ho, wo)
     zero = x.dtype.type(0.0)
-    one, two, four = np.uint8(1), np.uint8(2), np.uint8(4)
+    bad = False
     for plane in range(n * c):
         for p in range(ho):
-            s0, s1, t = _window_rows(plane, p, h, w, ho, wo)
+            top_row, bottom_row, o, k = x3[plane, 2 * p], x3[plane, 2 * p + 1], o3[plane, p], c3[plane, p]
             for q in range(wo):
-                a, b = xf[s0 + 2 * q], xf[s0 + 2 * q + 1]
-                cc, d = xf[s1 + 2 * q], xf[s1 + 2 * q + 1]
+                a, b = top_row[2 * q], top_row[2 * q + 1]
+                cc, d = bottom_row[2 * q], bottom_row[2 * q + 1]
+                s = (a - a) + (b - b) + (cc - cc) + (d - d)
+                bad |= s != s  # NaN exactly where the window holds a NaN or an infinity
                 a = zero if a < zero else a  # torch.relu: -0.0 and NaN stay as they are
                 b = zero if b < zero else b
                 cc = zero if cc < zero else cc
@@ -59,36 +57,32 @@ def _forward(x, out, code):  # pragma: no cover - compiled
                 bottom = d if right_bottom else cc
                 lower = bottom > top
                 best = bottom if lower else top
-                of[t + q] = best
-                low = np.uint8(lower)
-                cf[t + q] = (low * (two + np.uint8(right_bottom)) + (one - low) * np.uint8(right_top)
-                             + four * np.uint8(best > zero))
-    bad = False
-    for i in range(xf.size):
-        v = xf[i]
-        bad |= (v - v) != (v - v)  # NaN exactly where v is NaN or infinite
+                o[q] = best
+                corner = np.uint8(2) + np.uint8(right_bottom) if lower else np.uint8(right_top)
+                k[q] = corner + (np.uint8(4) if best > zero else np.uint8(0))
     return not bad
 
 
 @numba.njit(**_KW)
 def _backward(grad, code, grad_x):  # pragma: no cover - compiled
-    """The gradient of :func:`_forward` into ``grad_x`` (N, C, H, W), every element written."""
+    """The gradient of :func:`_forward` into ``grad_x`` (N, C, H, W), every element written; one input
+    row at a time, which LLVM vectorizes (about 4x the speed of writing both rows in one loop here)."""
     n, c, h, w = grad_x.shape
     ho, wo = h // 2, w // 2
-    gf, cf, xf = grad.ravel(), code.ravel(), grad_x.ravel()
     zero = grad_x.dtype.type(0.0)
     if h % 2 or w % 2:
-        xf[:] = zero  # the dropped last row/column
+        grad_x[:] = zero  # the dropped last row/column
+    x3, g3, c3 = grad_x.reshape(n * c, h, w), grad.reshape(n * c, ho, wo), code.reshape(n * c, ho, wo)
     for plane in range(n * c):
         for p in range(ho):
-            s0, s1, t = _window_rows(plane, p, h, w, ho, wo)
-            for q in range(wo):
-                k = cf[t + q]
-                v = zero + gf[t + q]  # +0.0 where the incoming gradient is -0.0, as ATen's
-                xf[s0 + 2 * q] = v if k == 4 else zero
-                xf[s0 + 2 * q + 1] = v if k == 5 else zero
-                xf[s1 + 2 * q] = v if k == 6 else zero
-                xf[s1 + 2 * q + 1] = v if k == 7 else zero
+            g, k = g3[plane, p], c3[plane, p]
+            for row in range(2):
+                r = x3[plane, 2 * p + row]
+                left = np.uint8(4 + 2 * row)  # the code of this row's left corner, when positive
+                for q in range(wo):
+                    v = zero + g[q]  # +0.0 where the incoming gradient is -0.0, as ATen's
+                    r[2 * q] = v if k[q] == left else zero
+                    r[2 * q + 1] = v if k[q] == left + np.uint8(1) else zero
 
 
 def relu_max_pool2x2_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
