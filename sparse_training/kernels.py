@@ -11,7 +11,7 @@ loops read and write each element once and give ATen's results bit for bit (see
   the output is <= 0), as ``0.0 + g``: ATen's gradient is zero-filled and then accumulated into, so a
   -0.0 there becomes +0.0; every other element gets +0.0.
 
-The forward kernel reports whether its input held a NaN or an infinity; ATen lets a NaN win its window,
+The forward kernel reports whether a window held a NaN or an infinity; ATen lets a NaN win its window,
 which these comparisons do not, so the caller then takes ATen's own forward (see
 :func:`relu_max_pool2x2_forward`). Importing this module imports numba; kernels compile on first use
 and are cached next to this file.
@@ -33,7 +33,7 @@ def _forward(x, out, code):  # pragma: no cover - compiled
     Returns False when a window holds a NaN or an infinity (then ``out`` and ``code`` are not ATen's).
 
     The loops index one row at a time (views, non-negative offsets) and the NaN test is an OR, not a
-    float sum, so that LLVM vectorizes the inner loop (about 3x the speed of flat offsets here)."""
+    float sum, so that LLVM vectorizes the inner loop (about 4x the speed of flat offsets here)."""
     n, c, h, w = x.shape
     ho, wo = h // 2, w // 2
     x3, o3, c3 = x.reshape(n * c, h, w), out.reshape(n * c, ho, wo), code.reshape(n * c, ho, wo)
