@@ -44,8 +44,8 @@ data: $(STAMP)
 
 # Evci et al.'s own protocol on full MNIST (fetched into $(DATA)/ when missing): evci-lenet5 suite,
 # every analysis, figures and REPORT.md under $(RUNS_EVCI)/_figures/; docs/ keeps paper-lenet5's figures.
-# Measured: 54–57 min on 2 idle cores of host B (goal 45; 48–51 min of it is the 32-run suite),
-# 55 min on a 2-core Intel host that gives host B's bits, 89 min on a slower 2-core host; set-up excluded
+# Measured from fresh clones, set-up excluded (goal 45 min): 27 min 40 s on an idle 2-core Intel host
+# (suite 23.5 min); 54–57 min on host B and 89 min on an AMD host with earlier versions in slower hours
 reproduce-paper: $(STAMP)
 	$(PY) -m figures.reproduce --preset evci-lenet5 --out $(RUNS_EVCI) --seeds $(SEEDS) --jobs $(JOBS) \
 		--data-dir $(DATA) --fetch --no-docs
