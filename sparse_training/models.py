@@ -114,6 +114,85 @@ def relu_max_pool2x2(x: torch.Tensor) -> torch.Tensor:
     return _ReLUMaxPool2x2.apply(x) if _fuses(x) else F.max_pool2d(F.relu(x), 2)
 
 
+class _SparseConv2d(torch.autograd.Function):
+    """``F.conv2d(x, weight * mask, bias)`` (stride 1, no padding) computed over the active weights only
+    (:mod:`sparse_training.kernels`); the weight gradient is zero where the mask is False."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                mask: torch.Tensor) -> torch.Tensor:
+        taps = _kernels().conv_taps(mask, x.shape[-1])
+        ctx.save_for_backward(x, weight, mask)
+        ctx.taps, ctx.has_bias = taps, bias is not None
+        return _kernels().sparse_conv2d_forward(x, weight, bias, taps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, mask = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward (create_graph=True): the same products, differentiably
+            grad_x = (torch.nn.grad.conv2d_input(x.shape, weight * mask, grad)
+                      if ctx.needs_input_grad[0] else None)
+            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad) * mask
+            grad_b = grad.sum((0, 2, 3))
+        else:
+            grad_x, grad_w, grad_b = _kernels().sparse_conv2d_backward(x, weight, ctx.taps, grad,
+                                                                        ctx.needs_input_grad[0])
+        return grad_x, grad_w, (grad_b if ctx.has_bias else None), None
+
+
+# id(weight) -> its mask, set by sparse_kernels
+_SPARSE_MASKS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparse_kernels", default=None)
+
+SPARSE_MAX_DENSITY = 0.1  # above it oneDNN's dense convolution is the faster one (benchmarks.train_step)
+
+
+@contextlib.contextmanager
+def sparse_kernels(model: nn.Module, masks, max_density: float = SPARSE_MAX_DENSITY) -> Iterator[None]:
+    """Inside this block, LeNet-5's convolutions on a CPU compute only the weights its ``masks`` keep
+    (a :class:`~sparse_training.masks.Masks` or a dict of boolean tensors by parameter name) where a
+    layer's density is at most ``max_density``: about that fraction of the dense multiply-adds, in
+    compiled loops (:mod:`sparse_training.kernels`).
+
+    The values equal ``F.conv2d`` with the masked weights up to float rounding (another summation
+    order), so results are reproducible run to run but not bit-identical to the dense path. Weights
+    the mask drops are never read, and **their gradient is zero**: use the block only where the
+    masked gradient is wanted (training steps of a masked run, masked gradient-flow rows, evaluation),
+    never for a dense gradient such as RigL's growth criterion. ``masks=None`` makes it a no-op.
+    Under a ``torch.func`` transform or a forward-AD level, for other dtypes, devices or conv
+    settings, the usual convolution runs. Double backward works (by dense products, masked).
+    """
+    mapping = None
+    if masks is not None and _kernels() is not None:
+        mapping = {}
+        for name, param in model.named_parameters():
+            if name in masks and param.dim() == 4:
+                mask = masks[name]
+                if mask.device.type == "cpu" and float(mask.sum()) <= max_density * mask.numel():
+                    mapping[id(param)] = mask
+    token = _SPARSE_MASKS.set(mapping or None)
+    try:
+        yield
+    finally:
+        _SPARSE_MASKS.reset(token)
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, over the active weights only inside :func:`sparse_kernels` where it applies."""
+    mapping = _SPARSE_MASKS.get()
+    mask = mapping.get(id(conv.weight)) if mapping is not None else None
+    if (mask is None or x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64)
+            or conv.weight.dtype != x.dtype or conv.stride != (1, 1) or conv.padding != (0, 0)
+            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
+            or torch.autograd.forward_ad._current_level >= 0
+            or torch._C._functorch.is_functorch_wrapped_tensor(x)
+            or torch._C._functorch.is_functorch_wrapped_tensor(conv.weight)):
+        return conv(x)
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad
+                                    or (conv.bias is not None and conv.bias.requires_grad)):
+        return _SparseConv2d.apply(x, conv.weight, conv.bias, mask)
+    return _kernels().sparse_conv2d_forward(x, conv.weight, conv.bias, _kernels().conv_taps(mask, x.shape[-1]))
+
+
 class MaxPool2x2(nn.Module):
     """``nn.MaxPool2d(2)``, faster where nothing is differentiated: on the CPU under
     ``torch.inference_mode`` (evaluation) it computes only the values (:func:`max_pool2x2_values`),
@@ -224,8 +303,8 @@ class LeNet5(nn.Module):
         return self.pool(self.act(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._act_pool(self.conv1(x))
-        x = self._act_pool(self.conv2(x))
+        x = self._act_pool(conv2d(self.conv1, x))
+        x = self._act_pool(conv2d(self.conv2, x))
         x = torch.flatten(x, 1)
         x = self.act(self.fc1(x))
         x = self.act(self.fc2(x))

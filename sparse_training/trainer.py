@@ -30,7 +30,7 @@ from .io import atomic_torch_save
 from .masks import Masks, maskable_names
 from .methods import check_match_width, check_model_options, get_method, parent_path, prepare_start, seed_for
 from .metrics import fixed_batches, gradient_flow, masked_gradient, param_distance
-from .models import fused_relu_pools
+from .models import fused_relu_pools, sparse_kernels
 from .rundir import RunDir, check_run_id
 from .updaters import MaskUpdater, make_updater
 
@@ -191,17 +191,24 @@ class Trainer:
         self.maskable = list(self.masks)
 
     # --- measurements ----------------------------------------------------------------
+    def sparse_block(self):
+        """The block in which convolutions may skip masked weights (``--sparse-kernels``): only where the
+        masked gradient is what is wanted (training steps, masked rows, evaluation), never RigL's growth."""
+        use = self.cfg.sparse_kernels and self.enforce
+        return sparse_kernels(self.model, self.masks if use else None)
+
     def measure(self, phase: str = "train") -> dict:
         """One metrics row. Rows around mask updates measure gradient flow only (no test pass)."""
-        grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y,
-                                           train_mode=self.cfg.metrics_mode == "train",
-                                           chunk=METRICS_CHUNK if self.device.type == "cpu" else None)
-        if phase == "train":
-            # rank 0 alone measures, over the whole test split (not a shard); 250 keeps LeNet-5 in cache (~2x faster)
-            test = evaluate(self.model, (self.x_test, self.y_test), batch_size=250, distributed=False)
-            test_loss, test_acc = test.loss, test.accuracy
-        else:
-            test_loss = test_acc = float("nan")
+        with self.sparse_block():
+            grads, loss, acc = masked_gradient(self.model, self.masks, self.metric_x, self.metric_y,
+                                               train_mode=self.cfg.metrics_mode == "train",
+                                               chunk=METRICS_CHUNK if self.device.type == "cpu" else None)
+            if phase == "train":
+                # rank 0 alone measures, over the whole test split (not a shard); 250 keeps LeNet-5 in cache
+                test = evaluate(self.model, (self.x_test, self.y_test), batch_size=250, distributed=False)
+                test_loss, test_acc = test.loss, test.accuracy
+            else:
+                test_loss = test_acc = float("nan")
         row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "phase": phase,
                "lr": lr_at(self.cfg, self.step, self.total), "train_loss": loss, "train_acc": acc,
                "test_loss": test_loss, "test_acc": test_acc, "sparsity": self.masks.sparsity()}
@@ -279,8 +286,8 @@ class Trainer:
             group["lr"] = lr_at(self.cfg, self.step, self.total)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with fused_relu_pools():  # LeNet-5's ReLU + max-pools: the same bits, faster on a CPU
-            logits = self.net(x)
+        with fused_relu_pools(), self.sparse_block():  # faster on a CPU: the pools keep the bits, the
+            logits = self.net(x)                        # sparse convolutions (opt-in) the values up to rounding
         if self.dist is None:
             loss = F.cross_entropy(logits, y)
         else:  # DDP averages over ranks: scale the shard's sum so the result is the global-batch mean
