@@ -9,6 +9,9 @@ RUNS_EVCI ?= runs-evci
 SEEDS ?= 5
 DATA ?= data
 JOBS ?= 2
+# training overrides for reproduce / reproduce-paper, e.g. SET=sparse_kernels=true (space-separated KEY=VALUE)
+SET ?=
+SET_FLAGS := $(foreach kv,$(SET),--set $(kv))
 
 .PHONY: install test test-all reproduce reproduce-paper data bench lint clean
 
@@ -29,7 +32,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
 reproduce: $(STAMP)
-	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS)
+	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS) $(SET_FLAGS)
 
 # Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~22 min on 2 idle cores)
 TESSERA_RUNS ?= runs-tessera
@@ -48,7 +51,7 @@ data: $(STAMP)
 # (suite 23.5 min); 54–57 min on host B and 89 min on an AMD host with earlier versions in slower hours
 reproduce-paper: $(STAMP)
 	$(PY) -m figures.reproduce --preset evci-lenet5 --out $(RUNS_EVCI) --seeds $(SEEDS) --jobs $(JOBS) \
-		--data-dir $(DATA) --fetch --no-docs
+		--data-dir $(DATA) --fetch --no-docs $(SET_FLAGS)
 
 # the peers of benchmarks.hessian come with the [bench] extra; benchmarks.suite takes ~8 min, run it alone
 bench: $(STAMP)

@@ -7,7 +7,8 @@ with the model's max-pools (``MaxPool2x2``: values only under inference mode on 
 same model with ``nn.MaxPool2d``, interleaved (goal <= 0.6x on CPU); and a LeNet-5 training step on
 MNIST with the fused ReLU + max-pool the trainer uses (``models.fused_relu_pools``) against the plain
 modules, interleaved from the same weights, on 1 torch thread (as the suite's workers run; goal <= 0.9)
-and on 2, with a check that both end on the same bits (CPU only).
+and on 2, with a check that both end on the same bits (CPU only); and the trainer over a steady-state
+``evci-lenet5`` window with ``--sparse-kernels`` against the dense convolutions on 1 thread (goal <= 0.75).
 
     python -m benchmarks.train_step [--device cpu|cuda] [--repeats 5] [--steps 50] [--data-dir data]
 """
@@ -91,27 +92,35 @@ def trainer_window(trainer, start: int, steps: int, sync) -> tuple[float, int]:
     return time.perf_counter() - t0, len(trainer.rows)
 
 
-def evci_overhead(args, device, sync) -> None:
-    """Trainer vs bare loop per 1,000 steps of evci-lenet5's scratch run (a random uniform mask), in two
-    windows: steps 0-1,000 (with the extra early rows at steps 1, 2, 4, ..., 128) and a steady-state
-    window (rows every 200 steps only); the whole-run figure weights them as in an 11,719-step run."""
+def evci_scratch_config(data_dir, method: str = "scratch"):
+    """evci-lenet5's ``method`` run (scratch or scratch+) with a random uniform mask (no parent) and a
+    note on the data it uses: full MNIST, or the embedded subset where ``data_dir`` lacks it."""
     import dataclasses
-    import tempfile
 
     from sparse_training.data import require_full_dataset
     from sparse_training.errors import UserError
     from sparse_training.presets import preset_runs
-    from sparse_training.trainer import setup_run
 
-    cfg = next(s.config for s in preset_runs("evci-lenet5", 1) if s.config.method == "scratch")
-    run_steps = cfg.steps
+    cfg = next(s.config for s in preset_runs("evci-lenet5", 1) if s.config.method == method)
     try:
-        require_full_dataset("mnist", args.data_dir)
+        require_full_dataset("mnist", data_dir)
         note = "full MNIST"
     except UserError:
         cfg = dataclasses.replace(cfg, full_data=False)
         note = "embedded MNIST subset (no full data: run `make data` and pass --data-dir)"
-    cfg = dataclasses.replace(cfg, parent=None)
+    return dataclasses.replace(cfg, parent=None), note
+
+
+def evci_overhead(args, device, sync) -> None:
+    """Trainer vs bare loop per 1,000 steps of evci-lenet5's scratch run (a random uniform mask), in two
+    windows: steps 0-1,000 (with the extra early rows at steps 1, 2, 4, ..., 128) and a steady-state
+    window (rows every 200 steps only); the whole-run figure weights them as in an 11,719-step run."""
+    import tempfile
+
+    from sparse_training.trainer import setup_run
+
+    cfg, note = evci_scratch_config(args.data_dir)
+    run_steps = cfg.steps
     n = args.evci_steps
     windows = {"steps 0-1,000 (early rows)": 0, "steady state (rows every 200)": n}
     results = {}
@@ -169,6 +178,51 @@ def time_test_pass_pools(data, device, sync, repeats: int) -> None:
     verdict = ("PASS" if a / b <= 0.6 else "MISS") if device.type == "cpu" else ""
     print(f"{'ours / nn.MaxPool2d':<40}{a / b:>12.3f}{goal:>10}  {verdict}")
     print(f"{'same loss and accuracy':<40}{str(same):>12}")
+
+
+def time_sparse_kernels(args, device, sync, rounds: int = 2) -> None:
+    """The trainer over a steady-state window of evci-lenet5's scratch+ run (rows every 200 steps, test
+    passes included) with ``--sparse-kernels`` and without, on one torch thread as the suite's workers
+    run, alternating; and the two windows' last rows (they differ only by float rounding). scratch+,
+    not scratch: with a random 95%-uniform mask and glorot init scratch does not leave chance."""
+    import dataclasses
+    import tempfile
+
+    from sparse_training.trainer import setup_run
+
+    if device.type != "cpu":
+        print("\nsparse kernels: CPU only (other devices run the dense convolutions)")
+        return
+    cfg, note = evci_scratch_config(args.data_dir, "scratch+")
+    n, start = args.evci_steps, args.evci_steps
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ends: dict[bool, dict] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(rounds):
+                for on in (False, True):
+                    trainer = setup_run(dataclasses.replace(cfg, sparse_kernels=on), tmp, run_id=f"k{int(on)}-{r}",
+                                        device="cpu", data_dir=args.data_dir, quiet=True)
+                    seconds, _ = trainer_window(trainer, start, n, sync)
+                    times[on].append(seconds)
+                    ends[on] = trainer.rows[-1]
+    finally:
+        torch.set_num_threads(before)
+    plain, sparse = statistics.median(times[False]), statistics.median(times[True])
+    per = 1000 / n
+    print(f"\nevci-lenet5 scratch+ run ({cfg.sparsity:.0%} uniform) on {note}, trainer over steps {start:,}-"
+          f"{start + n:,} with rows, 1 thread, median of {rounds} alternating rounds")
+    print(f"{'measure':<48}{'value':>10}{'goal':>10}  verdict")
+    print(f"{'dense convolutions, s per 1,000 steps':<48}{plain * per:>10.2f}")
+    print(f"{'--sparse-kernels, s per 1,000 steps':<48}{sparse * per:>10.2f}")
+    ratio = sparse / plain
+    print(f"{'--sparse-kernels / dense convolutions':<48}{ratio:>10.3f}{'<= 0.75':>10}  "
+          f"{'PASS' if ratio <= 0.75 else 'MISS'}")
+    for key in ("train_loss", "test_acc", "grad_norm"):
+        a, b = ends[False][key], ends[True][key]
+        print(f"{f'window end {key}: dense / sparse kernels':<48}{f'{a:.5g} / {b:.5g}':>20}")
 
 
 def time_fused_pools(data, device, sync, repeats: int, steps: int, batch: int) -> None:
@@ -260,6 +314,7 @@ def main(argv=None) -> int:
     time_test_pass_pools(full, device, sync, args.repeats)
     time_fused_pools(full, device, sync, args.repeats, 2 * args.steps, args.batch_size)
     evci_overhead(args, device, sync)
+    time_sparse_kernels(args, device, sync)
     return 0
 
 
