@@ -49,6 +49,7 @@ data: $(STAMP)
 # every analysis, figures and REPORT.md under $(RUNS_EVCI)/_figures/; docs/ keeps paper-lenet5's figures.
 # Measured from fresh clones, set-up excluded (goal 45 min): 27 min 40 s on an idle 2-core Intel host
 # (suite 23.5 min); 54–57 min on host B and 89 min on an AMD host with earlier versions in slower hours
+# SET=sparse_kernels=true (convolutions over the active weights only; other bits, same verdicts but 7b/7d): 20 min 42 s
 reproduce-paper: $(STAMP)
 	$(PY) -m figures.reproduce --preset evci-lenet5 --out $(RUNS_EVCI) --seeds $(SEEDS) --jobs $(JOBS) \
 		--data-dir $(DATA) --fetch --no-docs $(SET_FLAGS)
