@@ -99,6 +99,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}.")
     check_model_options(cfg)
     check_match_width(cfg)
+    if cfg.sparse_kernels and cfg.model != "lenet5":  # it would be silently ignored
+        raise UserError(f"--sparse-kernels applies to lenet5's convolutions only; model '{cfg.model}' would "
+                        "train exactly as without it; drop the flag.")
     if cfg.dataset not in DATASETS:
         raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}.")
     if cfg.optimizer not in OPTIMIZER_NAMES:

@@ -216,3 +216,13 @@ def test_rigl_growth_gradient_stays_dense_under_sparse_kernels(tmp_path):
         inside, _, _ = masked_gradient(trainer.model, None, trainer.grow_x, trainer.grow_y)
     assert torch.equal(inside["conv1.weight"][~trainer.masks["conv1.weight"]],
                        torch.zeros_like(inside["conv1.weight"][~trainer.masks["conv1.weight"]]))
+
+
+def test_sparse_kernels_on_another_model_is_refused(tmp_path, capsys):
+    from sparse_training.train import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "lenet300", "--method", "scratch", "--sparse-kernels", "--steps", "2", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--sparse-kernels applies to lenet5" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written
