@@ -101,12 +101,17 @@ def fused_relu_pools() -> Iterator[None]:
         _FUSED_POOLS.reset(token)
 
 
-def _fuses(x: torch.Tensor) -> bool:
-    """Whether the fused ReLU + max-pool applies to ``x`` here (see :func:`fused_relu_pools`)."""
-    return (_FUSED_POOLS.get() and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype in (torch.float32, torch.float64) and x.requires_grad and torch.is_grad_enabled()
+def _kernel_input(x: torch.Tensor) -> bool:
+    """Whether the compiled kernels of :mod:`sparse_training.kernels` can take ``x``: a 4-D float32/float64
+    CPU tensor outside forward-mode AD and ``torch.func`` transforms, with numba importable."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
             and torch.autograd.forward_ad._current_level < 0
             and not torch._C._functorch.is_functorch_wrapped_tensor(x) and _kernels() is not None)
+
+
+def _fuses(x: torch.Tensor) -> bool:
+    """Whether the fused ReLU + max-pool applies to ``x`` here (see :func:`fused_relu_pools`)."""
+    return _FUSED_POOLS.get() and x.requires_grad and torch.is_grad_enabled() and _kernel_input(x)
 
 
 def relu_max_pool2x2(x: torch.Tensor) -> torch.Tensor:
@@ -180,12 +185,10 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, over the active weights only inside :func:`sparse_kernels` where it applies."""
     mapping = _SPARSE_MASKS.get()
     mask = mapping.get(id(conv.weight)) if mapping is not None else None
-    if (mask is None or x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64)
-            or conv.weight.dtype != x.dtype or conv.stride != (1, 1) or conv.padding != (0, 0)
-            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros"
-            or torch.autograd.forward_ad._current_level >= 0
-            or torch._C._functorch.is_functorch_wrapped_tensor(x)
-            or torch._C._functorch.is_functorch_wrapped_tensor(conv.weight)):
+    if (mask is None or not _kernel_input(x) or conv.weight.dtype != x.dtype
+            or torch._C._functorch.is_functorch_wrapped_tensor(conv.weight) or conv.stride != (1, 1)
+            or conv.padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1
+            or conv.padding_mode != "zeros"):
         return conv(x)
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad
                                     or (conv.bias is not None and conv.bias.requires_grad)):
