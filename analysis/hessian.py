@@ -33,8 +33,9 @@ Outputs (in ``<runs>/_analysis`` or ``--out``):
 - ``hessian.csv``: one row per eigenvalue: run_id, method, seed, step, phase (start|end|pre|post|
   periodic), kind (top|bottom), index (0 = most extreme), eigenvalue, residual, converged;
 - ``hessian_updates.csv``: one row per mask update (pre and post side by side): largest and
-  smallest eigenvalue, number of negative eigenvalues among the ``k`` smallest, and with ``--slq``
-  the SLQ estimate of the fraction of negative eigenvalues;
+  smallest eigenvalue, number of negative eigenvalues among the ``k`` smallest, with ``--slq``
+  the SLQ estimate of the fraction of negative eigenvalues, and the Lanczos residual
+  ``||H v - lambda v||`` of the smallest eigenvalue (``min_residual_pre``/``_post``: its convergence);
 - ``hessian_density.csv`` (with ``--slq``): the smoothed spectral density of each checkpoint;
 - ``hessian.png``: largest and smallest eigenvalue against step, one line per run, updates marked.
 
@@ -85,7 +86,8 @@ LAYER_COLUMNS = ["run_id", "method", "seed", "step", "phase", "layer", "size", "
                  "residual", "converged"]
 DENSE_BLOCK = 64  # blocks up to this size are formed densely (size products) and solved exactly
 UPDATE_COLUMNS = ["run_id", "method", "seed", "step", "top_pre", "top_post", "min_pre", "min_post",
-                  "n_negative_pre", "n_negative_post", "neg_mass_pre", "neg_mass_post"]
+                  "n_negative_pre", "n_negative_post", "neg_mass_pre", "neg_mass_post",
+                  "min_residual_pre", "min_residual_post"]
 
 
 @dataclass(frozen=True)
@@ -293,9 +295,10 @@ def update_table(eigen: pd.DataFrame, neg_mass: dict[tuple[str, int, str], float
             if p.empty:
                 break
             top = float(p[(p["kind"] == "top") & (p["index"] == 0)]["eigenvalue"].iloc[0])
-            bottom = p[p["kind"] == "bottom"].sort_values("index")["eigenvalue"].to_numpy()
+            low = p[p["kind"] == "bottom"].sort_values("index")
+            bottom = low["eigenvalue"].to_numpy()
             side[phase] = (top, float(bottom[0]), count_negative(bottom, top, neg_tol),
-                           neg_mass.get((run_id, int(step), phase), float("nan")))
+                           neg_mass.get((run_id, int(step), phase), float("nan")), float(low["residual"].iloc[0]))
         if len(side) < 2:
             continue
         first = g.iloc[0]
@@ -303,7 +306,8 @@ def update_table(eigen: pd.DataFrame, neg_mass: dict[tuple[str, int, str], float
                      "top_pre": side["pre"][0], "top_post": side["post"][0],
                      "min_pre": side["pre"][1], "min_post": side["post"][1],
                      "n_negative_pre": side["pre"][2], "n_negative_post": side["post"][2],
-                     "neg_mass_pre": side["pre"][3], "neg_mass_post": side["post"][3]})
+                     "neg_mass_pre": side["pre"][3], "neg_mass_post": side["post"][3],
+                     "min_residual_pre": side["pre"][4], "min_residual_post": side["post"][4]})
     return pd.DataFrame(rows, columns=UPDATE_COLUMNS)
 
 

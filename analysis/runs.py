@@ -35,7 +35,8 @@ from sparse_training.methods import build_for
 from sparse_training.rundir import RunDir
 
 TABLE_COLUMNS = ["run_id", "method", "model", "dataset", "sparsity", "seed", "parent", "state",
-                 "test_acc", "path"]
+                 "train_acc", "test_acc", "did_not_train", "path"]
+UNTRAINED_MARGIN = 0.05  # a run whose final training accuracy is within this of chance "did not train"
 
 
 class Run:
@@ -97,6 +98,27 @@ class Run:
             return float("nan")
         return float(m["test_acc"].iloc[-1])
 
+    @property
+    def final_train_acc(self) -> float:
+        """Training accuracy of the last logged training row (on the trainer's fixed metrics batch)."""
+        m = self.metrics
+        if len(m) == 0 or "train_acc" not in m:
+            return float("nan")
+        if "phase" in m:
+            m = m[m["phase"].fillna("train") == "train"]
+        return float(m["train_acc"].iloc[-1]) if len(m) else float("nan")
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of guessing: 1 / number of classes."""
+        return 1.0 / int(self.config.get("num_classes", 10) or 10)
+
+    @property
+    def did_not_train(self) -> bool:
+        """True when the run's final training accuracy is within 5 points of chance (e.g. stuck dead ReLUs)."""
+        acc = self.final_train_acc
+        return bool(acc == acc and acc < self.chance + UNTRAINED_MARGIN)
+
     def checkpoint(self, which: str | int = "end", phase: str = "") -> dict:
         """A checkpoint dict (``weights_only=True``): 'start', 'end' or a step (with phase 'pre'/'post')."""
         return self.dir.load(which, phase)
@@ -134,8 +156,8 @@ class Run:
     def row(self) -> dict:
         return {"run_id": self.run_id, "method": self.method, "model": self.config.get("model"),
                 "dataset": self.config.get("dataset"), "sparsity": self.sparsity, "seed": self.seed,
-                "parent": self.parent, "state": self.state, "test_acc": self.final_test_acc,
-                "path": str(self.path)}
+                "parent": self.parent, "state": self.state, "train_acc": self.final_train_acc,
+                "test_acc": self.final_test_acc, "did_not_train": self.did_not_train, "path": str(self.path)}
 
     def __repr__(self) -> str:
         acc = self.final_test_acc
@@ -319,7 +341,8 @@ def select_runs(root: str | Path, method: str | Iterable[str] | None = None, see
 
 
 def load_runs(root: str | Path, complete_only: bool = False, **selectors) -> pd.DataFrame:
-    """One row per run: run_id, method, model, dataset, sparsity, seed, parent, state, test_acc, path."""
+    """One row per run: run_id, method, model, dataset, sparsity, seed, parent, state, train_acc, test_acc,
+    did_not_train (final training accuracy within 5 points of chance), path."""
     runs = select_runs(root, complete_only=complete_only, warn=False, **selectors)
     return pd.DataFrame([r.row() for r in runs], columns=TABLE_COLUMNS)
 

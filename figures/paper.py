@@ -15,8 +15,13 @@ Reads what the analysis CLIs wrote to ``<runs>/_analysis`` and runs any analysis
 - ``table_egf_correlation.md/.csv``: Tessera et al.'s comparison of gradient measures;
 - ``REPORT.md``: the claims × settings matrix (each cell a verdict with its key number), how each claim is
   tested, and per setting each claim's statistic, interval, p-value and figure, with the tables and figures;
-- ``claims.csv``: one row per claim and setting (verdict, statistic, effect, interval, n, test, p-value);
-  ``claims_matrix.csv``: the matrix.
+- ``claims.csv``: one row per claim and setting (verdict, statistic, effect, interval, n, test, p-value,
+  margin and why, leave-one-out fragility, seeds needed, and the verdict without the runs that did not
+  train); ``claims_matrix.csv``: the matrix.
+
+Runs that did not train (final training accuracy within 5 points of chance: ``analysis.runs``) are
+listed per setting; every claim is judged on all runs, and again without them (and their partners).
+Claim 6's Lanczos residuals and its check at 4x the examples get a section of their own.
 
 Claims are data (:mod:`figures.claims`, rows in :mod:`figures.evci_claims`). With several runs directories
 each is a setting (named by its preset, else its directory): its analyses stay in ``<runs>/_analysis``,
@@ -30,7 +35,8 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +44,16 @@ import pandas as pd
 
 from analysis.plotting import method_color, new_figure, order_methods, save_figure
 from analysis.runs import select_runs
-from figures.claims import Claim, ClaimData, Verdict, evaluate_all, fmt, verdict_frame
+from figures.claims import (
+    Claim,
+    ClaimData,
+    Verdict,
+    count_test,
+    evaluate_all,
+    fmt,
+    robustness_text,
+    verdict_frame,
+)
 from figures.evci_claims import EVCI_CLAIMS
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv, atomic_write_text
@@ -74,28 +89,65 @@ class Step:
 
     name: str
     outputs: tuple[str, ...]
-    argv: Callable[[Path, Path, argparse.Namespace], list[str]]
+    argv: Callable[[Path, Path, argparse.Namespace], list[str] | None]  # None: nothing to run here
     current: Callable[[Path], bool] = _always
 
 
-def _hessian_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str]:
-    # The Hessian analysis is the costliest: by default the seed-0 RigL and RigL+ runs, every other
-    # mask update (at most --hessian-updates of them), over --hessian-examples training examples.
-    chosen = select_runs(runs, method=["rigl", "rigl+", "set"], warn=False)
-    chosen = [r for r in chosen if r.seed == min(x.seed for x in chosen)]
+HESSIAN_METHODS = ("rigl", "rigl+", "set")
+HESSIAN_CHECK_DIR = "hessian_check"  # claim 6's subset at 4x the examples, under _analysis/
+HESSIAN_CHECK_FACTOR = 4
+
+
+def hessian_plan(runs: Path, updates: int) -> tuple[list, list[int]]:
+    """The mask updates claim 6 is judged on: every seed's RigL/RigL+ (SET) runs with update checkpoints and,
+    in each, ``ceil(updates / runs)`` updates evenly spaced from the first, so at least ``updates`` in all.
+
+    Returns (runs, steps); the runs of a preset share their update schedule, so one step list serves all."""
+    chosen = [r for r in select_runs(runs, method=list(HESSIAN_METHODS), warn=False) if r.update_steps()]
     if not chosen:
-        raise UserError("no RigL run to take Hessian eigenvalues of.")
-    steps = chosen[0].update_steps()
-    keep = steps[:: max(1, len(steps) // args.hessian_updates)][: args.hessian_updates]
-    which = ",".join(f"{s}:pre,{s}:post" for s in keep)
-    ids = "|".join(re.escape(r.run_id) for r in chosen)
-    return [str(runs), "--out", str(out), "--run", f"^({ids})$", "--which", which, "--k", "3",
+        raise UserError("no RigL run with mask-update checkpoints to take Hessian eigenvalues of.")
+    chosen.sort(key=lambda r: (r.seed, r.method))
+    steps = sorted(set.intersection(*(set(r.update_steps()) for r in chosen)))
+    if not steps:
+        raise UserError("the RigL runs share no mask-update step to take Hessian eigenvalues at.")
+    per_run = min(len(steps), max(1, math.ceil(updates / len(chosen))))
+    return chosen, steps[:: max(1, len(steps) // per_run)][:per_run]
+
+
+def _which(steps: list[int]) -> str:
+    return ",".join(f"{s}:pre,{s}:post" for s in steps)
+
+
+def _run_regex(chosen: list) -> str:
+    return "^(" + "|".join(re.escape(r.run_id) for r in chosen) + ")$"
+
+
+def _hessian_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    # The costliest analysis: the smallest and largest eigenvalue around at least --hessian-updates mask
+    # updates over all seeds' RigL and RigL+ runs, on --hessian-examples training examples (claim 6).
+    chosen, steps = hessian_plan(runs, args.hessian_updates)
+    return [str(runs), "--out", str(out), "--run", _run_regex(chosen), "--which", _which(steps), "--k", "1",
             "--examples", str(args.hessian_examples), "--quiet"]
 
 
+def _hessian_check_argv(runs: Path, out: Path, args: argparse.Namespace) -> list[str] | None:
+    # Claim 6's check: the first chosen update of the first --hessian-check-updates runs (by seed) again,
+    # on 4x the examples; skipped (None) when the training set is smaller than that.
+    if args.hessian_check_updates < 1:
+        return None
+    chosen, steps = hessian_plan(runs, args.hessian_updates)
+    examples = HESSIAN_CHECK_FACTOR * args.hessian_examples
+    if len(chosen[0].dataset(args.data_dir).x_train) < examples:
+        return None
+    subset = chosen[: args.hessian_check_updates]
+    return [str(runs), "--out", str(out / HESSIAN_CHECK_DIR), "--run", _run_regex(subset), "--which",
+            _which(steps[:1]), "--k", "1", "--examples", str(examples), "--quiet"]
+
+
 STEPS = (
+    # 10 networks per init and sparsity: with 5, leaving one out leaves a paired rank test unable to decide
     Step("signal", ("signal.csv",), lambda r, o, a: ["--model", a.model, "--sparsities", "0.5,0.8,0.9,0.95,0.98",
-                                                     "--out", str(o), "--quiet"]),
+                                                     "--repeats", "10", "--out", str(o), "--quiet"]),
     Step("gradflow", ("gradflow_curves.csv", "gradflow_runs.csv", "gradflow_correlations.csv", "gradflow_claims.csv"),
          lambda r, o, a: [str(r), "--out", str(o), "--quiet"], _gradflow_current),
     Step("distances", ("distance_to_pruning.csv",), lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
@@ -105,6 +157,8 @@ STEPS = (
     Step("ensemble", ("ensemble.csv", "ensemble_runs.csv", "ensemble_bootstrap.csv"),
          lambda r, o, a: [str(r), "--out", str(o), "--quiet"]),
     Step("hessian", ("hessian_updates.csv", "hessian.csv"), _hessian_argv),
+    Step("hessian", (f"{HESSIAN_CHECK_DIR}/hessian_updates.csv", f"{HESSIAN_CHECK_DIR}/hessian.csv"),
+         _hessian_check_argv),
 )
 
 
@@ -149,6 +203,8 @@ def run_missing_analyses(runs: Path, analysis_dir: Path, args: argparse.Namespac
         if fresh and not args.force:
             continue
         argv = step.argv(runs, analysis_dir, args)
+        if argv is None:
+            continue
         if args.data_dir and step.name in ("signal", "interpolate", "ensemble", "hessian", "plane", "curve", "stability"):
             argv += ["--data-dir", args.data_dir]
         todo.append((step.name, argv, step.outputs[0]))
@@ -425,6 +481,26 @@ class Setting:
     acc: pd.DataFrame
     table: pd.DataFrame
     vs_paper: pd.DataFrame | None
+    untrained: list = field(default_factory=list)  # runs that did not train
+    verdicts_trained: list[Verdict] | None = None  # without them and their partners (None: none flagged)
+
+
+class TrainedClaimData(ClaimData):
+    """A setting's claim data without the runs of ``exclude``: their rows leave every analysis CSV that has a
+    ``run_id`` column, so a paired claim also loses their partners (pairs need both). Aggregate CSVs
+    (``ensemble.csv``, ``ensemble_bootstrap.csv``, ``signal.csv``) have no runs to drop and are kept."""
+
+    def __init__(self, runs: str | Path, analysis: str | Path | None, exclude: set[str]) -> None:
+        super().__init__(runs, analysis)
+        self.exclude = set(exclude)
+
+    def csv(self, name: str) -> pd.DataFrame:
+        frame = super().csv(name)
+        return frame[~frame["run_id"].isin(self.exclude)] if "run_id" in frame else frame
+
+    @cached_property
+    def runs(self) -> list:
+        return [r for r in super().runs if r.run_id not in self.exclude]
 
 
 def setting_label(runs: Path, all_runs: list) -> str:
@@ -461,7 +537,8 @@ def cell(v: Verdict) -> str:
         number = f"n = {v.n}"
     else:
         number = f"{fmt(v.effect)} [{fmt(v.ci_low)}, {fmt(v.ci_high)}]"
-    return f"**{v.verdict}** {number}"
+    extra = robustness_text(v)
+    return f"**{v.verdict}** {number}" + (f" · {extra}" if extra and extra != "—" else "")
 
 
 def claims_matrix(settings: list[Setting], table: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
@@ -481,6 +558,27 @@ class Report:
     out: Path
     settings: list[Setting]
     claims: tuple[Claim, ...] = CLAIMS
+
+
+def setting_frame(s: Setting, table: tuple[Claim, ...] = CLAIMS) -> pd.DataFrame:
+    """A setting's ``claims.csv`` rows, with the verdict and key number without the runs that did not train
+    (the same as with them when no run was flagged) and how many runs were flagged."""
+    frame = verdict_frame(table, s.verdicts, s.name)
+    without = s.verdicts_trained or s.verdicts
+    by_id = {v.claim: v for v in without}
+    frame["verdict_without_untrained"] = [by_id[c].verdict for c in frame["claim"]]
+    frame["key_without_untrained"] = [by_id[c].key for c in frame["claim"]]
+    frame["untrained_runs"] = len(s.untrained)
+    return frame
+
+
+def without_text(v: Verdict, w: Verdict | None) -> str:
+    """The verdict without the runs that did not train: 'same' when nothing changes."""
+    if w is None:
+        return "no run flagged"
+    if (w.verdict, w.key) == (v.verdict, v.key):
+        return "same"
+    return f"**{w.verdict}** {w.key}"
 
 
 def section_header(rep: Report) -> list[str]:
@@ -506,9 +604,17 @@ def section_matrix(rep: Report) -> list[str]:
 def section_tests(rep: Report) -> list[str]:
     frame = pd.DataFrame([{"claim": c.id, "paper": c.paper, "measure": c.measure, "source": c.source,
                            "comparison": c.comparison, "test": TEST_NAMES[c.test],
-                           "claimed side": f"{'>' if c.direction == 'greater' else '<'} {c.threshold:.3g}"}
+                           "claimed side": f"{'>' if c.direction == 'greater' else '<'} {c.threshold:.3g}",
+                           "margin or threshold: why": c.margin_why or "0: the direction alone"}
                           for c in rep.claims])
-    return ["## How each claim is tested", "", markdown(frame), ""]
+    return ["## How each claim is tested", "",
+            "A claim that something is *not larger* (2c, 2d) is a non-superiority test: held when the upper bound "
+            "of the effect lies below the margin, so equal values can be held. **Robustness** beside each "
+            "verdict: *LOO k/n* is how many of the n leave-one-seed-out subsets (leave-one-run-out, -update "
+            "where units are not seeds) give the same verdict; a held or not-held verdict that one left-out seed "
+            "changes is **fragile**. For an inconclusive verdict, *needs ~N seeds* is the number of seeds at "
+            "which resampling the observed seeds decides it (held or not held) with 80% probability, or "
+            "> 50.", "", markdown(frame), ""]
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -523,11 +629,16 @@ def section_settings(rep: Report) -> list[str]:
     by_id = {c.id: c for c in rep.claims}
     for s in rep.settings:
         fig = "" if s.out == rep.out else _rel(s.out, rep.out) + "/"
+        without = {v.claim: v for v in s.verdicts_trained} if s.verdicts_trained else {}
         rows = [{"claim": v.claim, "verdict": f"**{v.verdict}**", "key number": v.key,
-                 "p": "–" if math.isnan(v.p_value) else f"{v.p_value:.3g}", "test": v.test, "detail": v.detail,
+                 "p": "–" if math.isnan(v.p_value) else f"{v.p_value:.3g}", "robustness": robustness_text(v),
+                 "without did-not-train runs": without_text(v, without.get(v.claim)), "test": v.test,
+                 "detail": v.detail,
                  "figure": f"[{by_id[v.claim].figure}]({fig}{by_id[v.claim].figure})"} for v in s.verdicts]
         lines += [f"## Setting {s.name} ({setting_name(s.all_runs)}, `{s.runs}`)", "",
                   "### Claims", "", markdown(pd.DataFrame(rows)), "",
+                  "### Runs that did not train", "", *untrained_lines(s),
+                  "### Claim 6: Lanczos convergence and 4× the examples", "", *hessian_check_lines(s),
                   "### Final test accuracy by method", "", markdown(s.acc), "",
                   "### Table 1: ensembles and disagreement (test split)", "", markdown(s.table), ""]
         if s.vs_paper is not None:
@@ -538,6 +649,70 @@ def section_settings(rep: Report) -> list[str]:
                       "", markdown(s.vs_paper), ""]
         lines += ["### Figures", ""] + [f"![{p.stem}]({fig}{p.name})" for p in sorted(s.out.glob("*.png"))] + [""]
     return lines
+
+
+def untrained_lines(s: Setting) -> list[str]:
+    """The runs whose final training accuracy is within 5 points of chance, per method."""
+    if not s.untrained:
+        return ["None: every run's final training accuracy is more than 5 points above chance.", ""]
+    frame = pd.DataFrame([{"method": r.method, "seed": r.seed, "run": r.run_id,
+                           "train acc (%)": f"{100 * r.final_train_acc:.2f}",
+                           "test acc (%)": f"{100 * r.final_test_acc:.2f}"} for r in s.untrained])
+    counts = frame.groupby("method", sort=False).size()
+    return [f"{len(frame)} run(s) ended within 5 points of chance ("
+            + ", ".join(f"{m}: {n}" for m, n in counts.items())
+            + "). Each claim is judged on all runs; the claims table shows each verdict without them (and, in "
+              "paired claims, their partners) beside it.", "", markdown(frame), ""]
+
+
+def hessian_check(analysis_dir: Path) -> dict | None:
+    """Claim 6 on its check subset: outcomes at the base and at 4x the examples for the same updates,
+    the binomial verdict on each, and the largest relative Lanczos residual of the smallest eigenvalue."""
+    from analysis.hessian import more_negative
+
+    try:
+        base = pd.read_csv(analysis_dir / "hessian_updates.csv")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    base = base[base["method"].isin(["rigl", "rigl+"])]
+    out: dict = {"n": len(base)}
+    if len(base) and "min_residual_pre" in base:
+        rel = pd.concat([base["min_residual_pre"] / base["top_pre"].abs(),
+                         base["min_residual_post"] / base["top_post"].abs()])
+        out["residual_max"] = float(rel.max())
+        out["residual_median"] = float(rel.median())
+    try:
+        big = pd.read_csv(analysis_dir / HESSIAN_CHECK_DIR / "hessian_updates.csv")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return out
+    both = base.merge(big, on=["run_id", "step"], suffixes=("", "_4x"))
+    if both.empty:
+        return out
+    small_ok = more_negative(both).to_numpy()
+    big_ok = more_negative(both.rename(columns=lambda c: c[:-3] if c.endswith("_4x") else c + "_base")).to_numpy()
+    out.update(check_n=len(both), agree=int((small_ok == big_ok).sum()),
+               verdict_base=count_test(int(small_ok.sum()), len(both)),
+               verdict_4x=count_test(int(big_ok.sum()), len(both)))
+    return out
+
+
+def hessian_check_lines(s: Setting) -> list[str]:
+    info = hessian_check(s.analysis)
+    if not info or not info.get("n"):
+        return ["No Hessian eigenvalues around RigL mask updates in this setting.", ""]
+    lines = []
+    if "residual_max" in info:
+        lines.append(f"Over the {info['n']} updates (pre and post), the Lanczos residual ‖Hv − λv‖ of λ_min is at "
+                     f"most {info['residual_max']:.1e} × |λ_max| (median {info['residual_median']:.1e}).")
+    if "check_n" in info:
+        vb, v4 = info["verdict_base"], info["verdict_4x"]
+        same = "the same verdict" if vb.verdict == v4.verdict else "**different verdicts**"
+        lines.append(f"The same {info['check_n']} updates on 4× the examples: {info['agree']}/{info['check_n']} "
+                     f"updates get the same outcome (more negative or not); on this subset the base examples give "
+                     f"**{vb.verdict}** {vb.key} and 4× give **{v4.verdict}** {v4.key}: {same}.")
+    else:
+        lines.append("No check at 4× the examples here (the training set is smaller, or it was not asked for).")
+    return [" ".join(lines), ""]
 
 
 def section_beyond(rep: Report) -> list[str]:
@@ -599,8 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun every analysis")
     p.add_argument("--model", default=None, help="model for the signal-propagation figure (default: the runs')")
     p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
-    p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
-    p.add_argument("--hessian-updates", type=int, default=4, help="RigL mask updates to take eigenvalues around")
+    p.add_argument("--hessian-examples", type=int, default=2000, help="training examples for Hessian eigenvalues")
+    p.add_argument("--hessian-updates", type=int, default=40,
+                   help="RigL/RigL+ mask updates to take eigenvalues around, spread over every seed's runs")
+    p.add_argument("--hessian-check-updates", type=int, default=6,
+                   help="of those, how many to take again on 4x the examples (0: none)")
     p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
     p.add_argument("--jobs", type=int, default=1, help="analyses to run at a time, in worker processes")
     p.add_argument("--quiet", action="store_true", help="less output")
@@ -638,7 +816,11 @@ def build_setting(name: str, runs: Path, analysis_dir: Path, out: Path, args: ar
     vs_paper = table1_vs_paper(ens, pruning_solution_acc(ens, all_runs), setting_name(all_runs), out)
     egf_table(read(analysis_dir, "gradflow_correlations.csv"), out)
     verdicts = evaluate_all(CLAIMS, ClaimData(runs, analysis_dir))
-    return Setting(name, runs, analysis_dir, out, all_runs, verdicts, accuracy_by_method(all_runs), table, vs_paper)
+    untrained = [r for r in all_runs if r.did_not_train]
+    trained = evaluate_all(CLAIMS, TrainedClaimData(runs, analysis_dir, {r.run_id for r in untrained})) \
+        if untrained else None
+    return Setting(name, runs, analysis_dir, out, all_runs, verdicts, accuracy_by_method(all_runs), table, vs_paper,
+                   untrained, trained)
 
 
 @cli_entry
@@ -661,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.append(build_setting(name, runs, analysis_dir, setting_out, args))
     _mkdir(out)
     command = "python -m figures.paper " + " ".join(str(d) for d in dirs)
-    verdicts = pd.concat([verdict_frame(CLAIMS, s.verdicts, s.name) for s in settings], ignore_index=True)
+    verdicts = pd.concat([setting_frame(s) for s in settings], ignore_index=True)
     atomic_write_csv(out / "claims.csv", verdicts)
     matrix = claims_matrix(settings)
     atomic_write_csv(out / "claims_matrix.csv", matrix)

@@ -31,7 +31,7 @@ from sparse_training.presets import (
     stability_graph,
     stability_settings,
 )
-from sparse_training.suite import accuracy_table, format_accuracy_table, run_suite
+from sparse_training.suite import accuracy_table, format_accuracy_table, run_suite, suite_seconds_line
 
 from . import beyond, paper
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="paper-lenet5", help="suite preset")
     p.add_argument("--out", default="runs", help="runs directory")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per method")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default: the preset's: 5, or 10 for evci-*)")
     p.add_argument("--jobs", type=int, default=2, help="runs (and then analyses) at a time")
     p.add_argument("--device", default="cpu", help="device of each run")
     p.add_argument("--data-dir", default=None, help="directory with full-size datasets (or $SPARSE_DATA)")
@@ -52,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch", action="store_true",
                    help="fetch the full datasets the preset needs into --data-dir when they are missing")
     p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
-    p.add_argument("--hessian-examples", type=int, default=500, help="training examples for Hessian eigenvalues")
-    p.add_argument("--hessian-updates", type=int, default=4, help="RigL mask updates to take eigenvalues around")
+    p.add_argument("--hessian-examples", type=int, default=2000, help="training examples for Hessian eigenvalues")
+    p.add_argument("--hessian-updates", type=int, default=40,
+                   help="RigL/RigL+ mask updates to take eigenvalues around, spread over every seed's runs")
+    p.add_argument("--hessian-check-updates", type=int, default=6,
+                   help="of those, how many to take again on 4x the examples (0: none)")
     p.add_argument("--no-docs", action="store_true", help="do not copy the PNGs to docs/")
     return p
 
@@ -80,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     specs = preset_runs(args.preset, args.seeds, parse_overrides(args.set))
     ensure_data(specs, args.data_dir, args.fetch)
     print(f"[1/4] {args.preset} suite: {len(specs)} runs, {args.jobs} at a time -> {args.out}/", flush=True)
+    t_suite = time.perf_counter()
     results = run_suite(specs, args.out, jobs=args.jobs, device=args.device, data_dir=args.data_dir)
     failed = results[results["state"] == "failed"]
     table = accuracy_table(args.out, specs)
     print(format_accuracy_table(table))
+    print(suite_seconds_line(args.out, specs, time.perf_counter() - t_suite), flush=True)
     if len(failed):
         print(f"\n{len(failed)} run(s) failed:\n{failed[['run_id', 'reason']].to_string(index=False)}", file=sys.stderr)
         return 1
@@ -103,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[2/4] preset {args.preset} has no family settings: no stability runs", flush=True)
         steps = tuple(s for s in steps if s.name != "stability")
     paper_argv = [args.out, "--interp-examples", str(args.interp_examples), "--hessian-examples",
-                  str(args.hessian_examples), "--hessian-updates", str(args.hessian_updates)]
+                  str(args.hessian_examples), "--hessian-updates", str(args.hessian_updates),
+                  "--hessian-check-updates", str(args.hessian_check_updates)]
     paper_argv += ["--data-dir", args.data_dir] if args.data_dir else []
     print(f"\n[3/4] every analysis, the paper's and those beyond it, {args.jobs} at a time "
           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)

@@ -284,6 +284,30 @@ def accuracy_table(out: str | Path, specs: list[RunSpec]) -> pd.DataFrame:
     return table.sort_values("method", key=lambda c: c.map(order)).reset_index(drop=True)
 
 
+def run_seconds(out: str | Path, specs: list[RunSpec]) -> pd.DataFrame:
+    """Per complete run of ``specs``: method, seed, ``seconds`` (the run's own wall time, from status.json)
+    and ``log_seconds`` (the part spent measuring metrics rows)."""
+    rows = []
+    for s in specs:
+        run = RunDir(Path(out) / s.run_id)
+        if run.is_complete():
+            st = run.read_status()
+            rows.append({"run_id": s.run_id, "method": s.config.method, "seed": s.config.seed,
+                         "seconds": float(st.get("seconds") or 0.0), "log_seconds": float(st.get("log_seconds") or 0.0)})
+    return pd.DataFrame(rows, columns=["run_id", "method", "seed", "seconds", "log_seconds"])
+
+
+def suite_seconds_line(out: str | Path, specs: list[RunSpec], wall: float | None = None) -> str:
+    """The suite's summed run-seconds (and per method), the figure to compare hosts and versions by."""
+    t = run_seconds(out, specs)
+    if t.empty:
+        return "no complete run to sum the run-seconds of"
+    per = t.groupby("method", sort=False)["seconds"].agg(["min", "max"])
+    spans = ", ".join(f"{m} {lo:.3g}-{hi:.3g}" for m, (lo, hi) in per.iterrows())
+    head = f"summed run-seconds: {t['seconds'].sum():.0f} over {len(t)} runs (metrics rows {t['log_seconds'].sum():.0f})"
+    return head + (f"; suite wall {wall:.0f} s" if wall is not None else "") + f"\nper run (s): {spans}"
+
+
 def format_accuracy_table(table: pd.DataFrame) -> str:
     """The :func:`accuracy_table` as printed lines (percent, mean ± std, run count)."""
     lines = ["\nfinal test accuracy by method (mean ± std over seeds):"]
@@ -342,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     table = accuracy_table(args.out, specs)
     if len(table):
         print(format_accuracy_table(table))
+        print(suite_seconds_line(args.out, specs))
     failed = results[results["state"] == "failed"]
     if len(failed):
         print(f"\n{len(failed)} run(s) failed:", file=sys.stderr)

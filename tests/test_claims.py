@@ -249,3 +249,216 @@ def test_claim_7_on_the_paper_lenet5_numbers_is_not_held(tmp_path):
         assert v.ci_low <= 0 <= v.ci_high  # the interval of the difference covers 0
     # the old rule (best |tau| of EGF >= |tau| of ||g||_2) would have said held
     assert max(abs(measures["egf1"]), abs(measures["egf2"])) >= abs(measures["grad_norm"])
+
+
+# --- robustness: leave-one-out, fragility, seeds needed ----------------------------------------
+def _row(test: str, samples: dict, direction: str = "greater", threshold: float = 0.0, cid: str = "R1") -> C.Claim:
+    return C.Claim(id=cid, paper="p", statement="s", measure="m", source="x.csv", comparison="c", test=test,
+                   direction=direction, threshold=threshold, figure="f.png", samples=lambda data: samples)
+
+
+def test_kendall_resampled_is_kendall_many_bit_for_bit():
+    rng = np.random.default_rng(2)
+    x, y = np.round(rng.normal(size=15), 1), np.round(rng.normal(size=15), 1)
+    x[:3] = x[0]  # ties in x
+    idx = rng.integers(0, 15, size=(500, 15))
+    (tau,) = C.kendall_resampled([x], y, idx)
+    assert np.array_equal(tau, C.kendall_many(x[idx], y[idx]), equal_nan=True)
+    const = np.ones(15)  # a constant y: every tau undefined
+    assert np.isnan(C.kendall_resampled([x], const, idx)[0]).all()
+
+
+def test_five_positive_pairs_held_but_every_leave_one_out_is_inconclusive(tmp_path):
+    # n = 5, all differences positive and distinct: W+ = 15, exact p = P(W+ >= 15) = 1/32 < 0.05; the interval
+    # is [min d, max d] (c = 0 since P(W+ <= 0) = 1/32 <= 0.05 < P(W+ <= 1) = 2/32), above 0: held.
+    # Leaving out any pair gives n = 4, whose smallest possible p is 1/16 > 0.05 (and c = -1: infinite
+    # interval): inconclusive. So LOO = 0/5, fragile.
+    d = np.array([0.5, 1.1, 1.7, 2.3, 2.9])
+    samples = {"a": d, "b": np.zeros(5)}
+    assert C.paired_test(**samples).p_value == pytest.approx(1 / 32)
+    assert C.leave_one_out("wilcoxon", samples, "greater", 0.0) == (0, 5)
+    v = C.evaluate_claim(_row("wilcoxon", samples), C.ClaimData(tmp_path))
+    assert (v.verdict, v.loo_same, v.loo_total, v.fragile, v.seeds_needed) == ("held", 0, 5, True, -1)
+    assert C.robustness_text(v) == "LOO 0/5 (fragile)"
+
+
+def test_ten_positive_pairs_every_leave_one_out_still_held(tmp_path):
+    # n = 10 all positive: p = 1/1024; each subset of 9 all positive: p = 1/512 < 0.05, lower bound = the
+    # smallest Walsh average > 0: held. LOO = 10/10, not fragile.
+    d = np.linspace(0.3, 3.0, 10)
+    samples = {"a": d, "b": np.zeros(10)}
+    v = C.evaluate_claim(_row("wilcoxon", samples), C.ClaimData(tmp_path))
+    assert (v.verdict, v.loo_same, v.loo_total, v.fragile) == ("held", 10, 10, False)
+    assert C.robustness_text(v) == "LOO 10/10"
+    assert C.paired_test(d[1:], np.zeros(9)).p_value == pytest.approx(1 / 512)
+
+
+def test_inconclusive_verdict_is_never_fragile(tmp_path):
+    # d = [1, 2, 3, 4, 5, -2.5]: ranks of |d| 1, 2, 4, 5, 6 positive (2.5 has rank 3): W+ = 18, p = P(W+ <= 3)
+    # = 5/64 > 0.05: inconclusive. Leaving out -2.5 gives 5 positive pairs: held (p = 1/32); leaving out a
+    # positive one leaves 4 of 5 positive, p >= 2/32: inconclusive. LOO 5/6, not fragile (not decided).
+    d = np.array([1.0, 2.0, 3.0, 4.0, 5.0, -2.5])
+    samples = {"a": d, "b": np.zeros(6)}
+    assert C.paired_test(**samples).p_value == pytest.approx(5 / 64)
+    v = C.evaluate_claim(_row("wilcoxon", samples), C.ClaimData(tmp_path))
+    assert (v.verdict, v.loo_same, v.loo_total, v.fragile) == ("inconclusive", 5, 6, False)
+
+
+def test_binomial_leave_one_out_by_hand(monkeypatch):
+    # k = 7 of n = 8 against 1/2: p = P(X >= 7) = 9/256, lower bound beta.ppf(0.05, 7, 2) = 0.529 > 0.5: held.
+    # A success left out (7 subsets): 6 of 7, p = P(X >= 6 | 7) = 8/128 = 0.0625 > 0.05: inconclusive.
+    # The failure left out (1 subset): 7 of 7, p = 1/128, lower bound 0.05^(1/7) = 0.652: held. LOO 1/8, fragile.
+    assert stats.binom.sf(5, 7, 0.5) == pytest.approx(0.0625) and stats.binom.sf(6, 7, 0.5) < ALPHA
+    assert stats.beta.ppf(ALPHA, 7, 1) > 0.5
+    assert C.count_test(7, 8).verdict == "held"
+    assert C.leave_one_out("binomial", {"k": 7, "n": 8}, "greater", 0.5) == (1, 8)
+    outcomes = np.array([1, 1, 0, 1, 1, 1, 1, 1], dtype=bool)
+    assert C.leave_one_out("binomial", {"outcomes": outcomes}, "greater", 0.5) == (1, 8)
+    # k = 9 of 10: a success left out gives 8 of 9 (p = P(X >= 8 | 9) = 10/512, lower bound 0.571), the failure
+    # left out 9 of 9 (p = 1/512): both held. LOO 10/10.
+    assert stats.binom.sf(7, 9, 0.5) == pytest.approx(10 / 512) and stats.beta.ppf(ALPHA, 8, 2) > 0.5
+    assert C.leave_one_out("binomial", {"k": 9, "n": 10}, "greater", 0.5) == (10, 10)
+    # the two distinct cases only, not n calls
+    calls = []
+
+    def counting(**kw):
+        calls.append(kw)
+        return C.count_test(**kw)
+    monkeypatch.setitem(C.TESTS, "binomial", counting)
+    assert C.leave_one_out("binomial", {"k": 90, "n": 100}, "greater", 0.5) == (100, 100)
+    assert len(calls) <= 3  # the two cases (+ the full verdict)
+
+
+def test_count_test_takes_outcomes():
+    o = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1])
+    assert C.count_test(outcomes=o) == C.count_test(8, 10)
+    assert C.count_test(outcomes=o.astype(bool), extra=("Δ", np.arange(10.0))).detail \
+        == C.count_test(8, 10, extra=("Δ", np.arange(10.0))).detail
+    assert C.TESTS["binomial"](outcomes=o, direction="greater", threshold=0.5).n == 10
+    with pytest.raises(ValueError):
+        C.count_test(8, 10, outcomes=o)
+    with pytest.raises(ValueError):
+        C.count_test(outcomes=[0, 1, 2])
+    with pytest.raises(ValueError):
+        C.count_test(outcomes=o, extra=("Δ", [1.0, 2.0]))  # not aligned
+
+
+def test_leave_one_seed_out_drops_all_its_units(tmp_path):
+    # 3 seeds of 3 updates: outcomes 111 | 111 | 110 -> 8 of 9: p = 10/512, lower bound 0.571: held.
+    # Seed 0 or 1 left out: 5 of 6, p = P(X >= 5 | 6) = 7/64 = 0.109: inconclusive. Seed 2 left out: 6 of 6,
+    # p = 1/64, lower bound 0.05^(1/6) = 0.607: held. LOO 1/3 (3 subsets, not 9), fragile.
+    assert stats.binom.sf(4, 6, 0.5) == pytest.approx(7 / 64) and stats.beta.ppf(ALPHA, 6, 1) > 0.5
+    samples = {"outcomes": [1, 1, 1, 1, 1, 1, 1, 1, 0], "seeds": [0, 0, 0, 1, 1, 1, 2, 2, 2]}
+    assert C.leave_one_out("binomial", samples, "greater", 0.5) == (1, 3)
+    v = C.evaluate_claim(_row("binomial", samples, threshold=0.5), C.ClaimData(tmp_path))  # seeds popped
+    assert (v.verdict, v.n, v.loo_same, v.loo_total, v.fragile) == ("held", 9, 1, 3, True)
+    # correlation runs grouped by seed: leaving out a seed leaves out its 3 runs
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=12)
+    y = x + 0.8 * rng.normal(size=12)
+    seeds = np.repeat(["s0", "s1", "s2", "s3"], 3)
+    full = C.correlation_test(x, y).verdict
+    expected = sum(C.correlation_test(x[seeds != s], y[seeds != s]).verdict == full for s in ("s0", "s1", "s2", "s3"))
+    assert C.leave_one_out("correlation", {"x": x, "y": y, "seeds": seeds}, "greater", 0.0) == (expected, 4)
+    assert C.leave_one_out("correlation", {"x": x, "y": y}, "greater", 0.0)[1] == 12
+    with pytest.raises(ValueError):
+        C.leave_one_out("correlation", {"x": x, "y": y, "seeds": seeds[:5]}, "greater", 0.0)
+
+
+def test_mann_whitney_leave_one_out_has_m_plus_n_subsets():
+    a, b = UNPAIRED["held"]
+    full = C.unpaired_test(a, b).verdict
+    expected = sum(C.unpaired_test(np.delete(a, i), b).verdict == full for i in range(len(a))) \
+        + sum(C.unpaired_test(a, np.delete(b, j)).verdict == full for j in range(len(b)))
+    assert C.leave_one_out("mannwhitney", {"a": a, "b": b}, "greater", 0.0) == (expected, len(a) + len(b))
+    with pytest.raises(ValueError):
+        C.leave_one_out("mannwhitney", {"a": a, "b": b, "seeds": range(9)}, "greater", 0.0)
+
+
+def test_bootstrap_and_no_data_have_no_robustness(tmp_path):
+    reps = np.random.default_rng(0).normal(0.05, 0.2, size=2000)
+    samples = {"observed": 0.05, "replicates": reps, "n": 5}
+    assert C.leave_one_out("bootstrap", samples, "greater", 0.0) is None
+    assert C.seeds_needed("bootstrap", samples, "greater", 0.0) is None
+    v = C.evaluate_claim(_row("bootstrap", samples), C.ClaimData(tmp_path))
+    assert v.verdict == "inconclusive"
+    assert (v.loo_same, v.loo_total, v.fragile, v.seeds_needed) == (-1, -1, False, -1)
+    assert C.robustness_text(v) == "—"
+    nan3 = {"a": [np.nan] * 3, "b": [0.0] * 3}  # n = 0 after dropping NaN pairs
+    assert C.leave_one_out("wilcoxon", nan3, "greater", 0.0) is None
+    assert C.seeds_needed("wilcoxon", nan3, "greater", 0.0) is None
+
+
+def test_seeds_needed_obvious_case(tmp_path):
+    # differences all +1 at n = 4: the interval is infinite (P(W+ <= 0) = 1/16 > 0.05, c = -1): inconclusive.
+    # Every resample of 5 pairs is all +1: W+ = 15 (tied ranks, normal approximation: z = 7 / sqrt(11.25),
+    # p = 0.018), c = 0 so the interval is [1, 1] > 0: held. Share decided at 5 is 1, so 5 seeds.
+    samples = {"a": np.ones(4), "b": np.zeros(4)}
+    assert C.paired_test(**samples).verdict == "inconclusive"
+    assert C.paired_test(np.ones(5), np.zeros(5)).verdict == "held"
+    assert C.seeds_needed("wilcoxon", samples, "greater", 0.0) == 5
+    v = C.evaluate_claim(_row("wilcoxon", samples), C.ClaimData(tmp_path))
+    assert v.seeds_needed == 5 and C.robustness_text(v) == "LOO 4/4; needs ~5 seeds"
+    # the same for a binomial: 4 of 4 successes (p = 1/16) is inconclusive, 5 of 5 (p = 1/32, lower bound
+    # 0.05^(1/5) = 0.549) held
+    assert C.seeds_needed("binomial", {"outcomes": [1, 1, 1, 1]}, "greater", 0.5) == 5
+
+
+def test_seeds_needed_symmetric_differences_need_more_than_max(tmp_path):
+    # differences symmetric around 0: a resample is decided only when its interval misses 0 by chance, far
+    # less often than 80% at any size: more than 50 seeds
+    samples = {"a": np.array([-1.0, 1.0, -2.0, 2.0]), "b": np.zeros(4)}
+    assert C.seeds_needed("wilcoxon", samples, "greater", 0.0) is None
+    v = C.evaluate_claim(_row("wilcoxon", samples), C.ClaimData(tmp_path))
+    assert v.verdict == "inconclusive" and v.seeds_needed == C.MORE_THAN_MAX == 51
+    assert C.robustness_text(v) == "LOO 4/4; needs > 50 seeds"
+
+
+def test_seeds_needed_is_deterministic_bounded_and_cheap(monkeypatch):
+    rng = np.random.default_rng(5)
+    samples = {"a": rng.normal(0.5, 1.0, 10), "b": np.zeros(10)}
+    assert C.paired_test(**samples).verdict == "inconclusive"
+    first = C.seeds_needed("wilcoxon", samples, "greater", 0.0)
+    assert first is not None and 11 <= first <= 50
+    assert C.seeds_needed("wilcoxon", samples, "greater", 0.0) == first
+    # a smaller power never needs more seeds (same resamples at each size)
+    assert C.seeds_needed("wilcoxon", samples, "greater", 0.0, power=0.5) <= first
+    calls = []
+    wilcoxon = C.TESTS["wilcoxon"]
+    monkeypatch.setitem(C.TESTS, "wilcoxon", lambda **kw: calls.append(1) or wilcoxon(**kw))
+    C.seeds_needed("wilcoxon", samples, "greater", 0.0)
+    assert len(calls) <= 7 * 200  # max_seeds first, then at most log2(40) bisection steps
+
+
+def test_seeds_needed_clusters_by_seed_and_mann_whitney():
+    # 2 seeds of 2 updates each, all successes: 4 of 4 is inconclusive (p = 1/16); 3 seeds are 6 updates,
+    # all successes (p = 1/64, held): 3 seeds, not 5 updates
+    samples = {"outcomes": [1, 1, 1, 1], "seeds": [0, 0, 1, 1]}
+    assert C.seeds_needed("binomial", samples, "greater", 0.5) == 3
+    # mannwhitney: a always above b; with 2 against 2 the smallest p is 1/6: inconclusive. 3 draws from each
+    # group always repeat a value (ties: normal approximation); U = 9 of 9, and the least tied pattern
+    # (5, 5, 6 against 1, 2, 2) has p = 0.036, more ties less variance and smaller p; c = 0 (P(U = 0) = 1/20),
+    # so the interval is [min, max] of the shifts, within [3, 5]: every resample of 3 per group is held.
+    a, b = np.array([5.0, 6.0]), np.array([1.0, 2.0])
+    assert C.unpaired_test(a, b).verdict == "inconclusive"
+    least_tied = C.unpaired_test([5.0, 5.0, 6.0], [1.0, 2.0, 2.0])
+    assert least_tied.verdict == "held" and least_tied.p_value == pytest.approx(0.0361, abs=1e-4)
+    assert C.seeds_needed("mannwhitney", {"a": a, "b": b}, "greater", 0.0) == 3
+
+
+def test_verdict_frame_has_robustness_and_margin_columns(tmp_path):
+    a, b = PAIRED["held"]
+    row = C.Claim("M1", "p", "about the same", "m", "x.csv", "a - b", "wilcoxon", "less", 0.5, "f.png",
+                  lambda data: {"a": a, "b": b}, "accuracy", "half a point is within seed noise")
+    assert row.unit == "accuracy" and row.margin_why == "half a point is within seed noise"
+    v = C.evaluate_claim(row, C.ClaimData(tmp_path))
+    frame = C.verdict_frame([row], [v], "s")
+    assert list(frame.columns) == C.VERDICT_COLUMNS
+    for col in ("loo_same", "loo_total", "fragile", "seeds_needed", "margin_why"):
+        assert col in frame.columns
+    assert frame["margin_why"].iloc[0] == "half a point is within seed noise"
+    assert frame["loo_total"].iloc[0] == len(a) and frame["seeds_needed"].iloc[0] == v.seeds_needed
+    # old positional Verdicts still construct, with the not-computed defaults
+    old = C.Verdict("c", "held", 1.0, 1.0, 0.5, 1.5, 5, "t", 0.01, "k")
+    assert (old.loo_same, old.loo_total, old.fragile, old.seeds_needed) == (-1, -1, False, -1)
+    assert old.with_claim("d").claim == "d"
