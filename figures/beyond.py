@@ -18,6 +18,8 @@ from analysis.runs import select_runs
 from landscape.curves import barrier_above_chord
 from sparse_training.io import atomic_write_bytes
 
+from .steps import Step
+
 CONNECTED = 0.05  # nats: a segment whose loss rises less than this above its chord counts as one basin
 STABILITY_DIR = "_stability"  # the stability preset's runs, inside the main runs directory
 
@@ -39,6 +41,9 @@ def stability_argv(runs: Path, out: Path, args) -> list[str]:
     return [str(runs / STABILITY_DIR), "--out", str(out), "--quiet"]
 
 
+LAYER_EXAMPLES = 500  # the per-layer blocks' training examples (claim 6's --hessian-examples is larger)
+
+
 def layers_argv(runs: Path, out: Path, args) -> list[str]:
     """Per-layer blocks around two mask updates (the first and a middle one) of the seed-0 RigL run."""
     rigl = [r for r in select_runs(runs, method="rigl", warn=False) if r.update_steps()]
@@ -47,13 +52,11 @@ def layers_argv(runs: Path, out: Path, args) -> list[str]:
     keep = sorted({steps[0], steps[len(steps) // 2]})
     which = ",".join(f"{s}:pre,{s}:post" for s in keep)
     return [str(runs), "--out", str(out), "--run", f"^{re.escape(run.run_id)}$", "--which", which, "--per-layer",
-            "--k", "1", "--max-iter", "30", "--examples", str(args.hessian_examples), "--quiet"]
+            "--k", "1", "--max-iter", "30", "--examples", str(LAYER_EXAMPLES), "--quiet"]
 
 
 def steps():
-    """The four analyses as ``figures.paper.Step`` objects (imported late: figures.paper imports this module)."""
-    from figures.paper import Step
-
+    """The four analyses as :class:`figures.steps.Step` objects."""
     return (Step("plane", ("plane.csv", "plane_points.csv"), plane_argv),
             Step("curve", ("curve.csv", "curve_summary.csv"), curve_argv),
             Step("stability", ("stability.csv", "stability_summary.csv"), stability_argv),

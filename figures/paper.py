@@ -59,6 +59,7 @@ from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv, atomic_write_text
 
 from . import beyond
+from .steps import Step
 
 FORMATS = ("png", "pdf")
 CLAIMS: tuple[Claim, ...] = EVCI_CLAIMS
@@ -70,10 +71,6 @@ FAMILY = ("lottery", "scratch", "scratch+", "rigl", "rigl+")
 
 
 # --- running the analyses ------------------------------------------------------------
-def _always(analysis_dir: Path) -> bool:
-    return True
-
-
 def _gradflow_current(analysis_dir: Path) -> bool:
     """gradflow_runs.csv from before the 'spaced' aggregation (Tessera et al.'s 11 points) is stale."""
     try:
@@ -81,16 +78,6 @@ def _gradflow_current(analysis_dir: Path) -> bool:
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return False
     return "spaced" in set(head["aggregation"])
-
-
-@dataclass(frozen=True)
-class Step:
-    """An analysis: its module, the files it must leave, its arguments, and a check that they are current."""
-
-    name: str
-    outputs: tuple[str, ...]
-    argv: Callable[[Path, Path, argparse.Namespace], list[str] | None]  # None: nothing to run here
-    current: Callable[[Path], bool] = _always
 
 
 HESSIAN_METHODS = ("rigl", "rigl+", "set")
