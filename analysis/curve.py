@@ -33,30 +33,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.interpolate import END_PATH, PathSpec, custom_paths, default_paths, path_runs, split_data
-from analysis.plotting import method_color, new_figure, save_figure
-from analysis.runs import (
-    Run,
-    add_common_args,
-    check_same_architecture,
-    output_dir,
-    resolve_device,
-    runs_from_args,
-    select_runs,
-    union_masks,
+from analysis.cli import Command, analysis_parser, check_at_least
+from analysis.interpolate import (
+    END_PATH,
+    PathSpec,
+    add_path_args,
+    check_paired,
+    custom_paths,
+    default_paths,
+    path_runs,
+    split_data,
 )
+from analysis.plotting import method_color, new_figure, save_figure
+from analysis.runs import Run, check_same_architecture, union_masks
 from landscape.curves import barrier_above_chord, barrier_max_minus_mean, evaluate_curve, train_bezier
 from landscape.interpolate import interpolate
 from landscape.params import ParamSpace
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 
 CURVE_METHODS = ("scratch", "scratch+", "rigl", "rigl+", "set")
 CURVE_COLUMNS = ["path_id", "run_id", "method", "seed", "from_point", "to_point", "kind", "t", "loss", "accuracy",
@@ -67,17 +66,15 @@ SUMMARY_COLUMNS = ["path_id", "run_id", "method", "seed", "from", "to", "split",
                    "final_train_loss"]
 
 
-def select_curves(args: argparse.Namespace) -> tuple[list[PathSpec], list[Run]]:
+def select_curves(cmd: Command) -> tuple[list[PathSpec], list[Run]]:
     """The curves the arguments ask for and the runs they touch (architectures checked)."""
-    if bool(args.from_points) != bool(args.to_points):
-        raise UserError("--from and --to go together; give both (once per curve).")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pool = select_runs(args.runs, warn=False)
+    args = cmd.args
+    check_paired(args, "curve")
+    pool = cmd.pool()
     if args.from_points:
         paths = custom_paths(args.from_points, args.to_points, pool)
     else:
-        selected = runs_from_args(args)
+        selected = cmd.selected()
         wanted = set(args.method) if args.method else set(CURVE_METHODS)
         selected = [r for r in selected if r.method in wanted]
         if not selected:
@@ -91,12 +88,9 @@ def select_curves(args: argparse.Namespace) -> tuple[list[PathSpec], list[Run]]:
 
 def check_args(args: argparse.Namespace) -> None:
     """Range checks, before any work."""
-    if args.points < 2:
-        raise UserError(f"--points must be at least 2, got {args.points}.")
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}.")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    check_at_least("--points", args.points, 2)
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--batch-size", args.batch_size, 1)
     if not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}.")
 
@@ -143,11 +137,12 @@ def curve_for(path: PathSpec, by_id: dict[str, Run], data, train_data, ts: np.nd
     return pd.concat(frames, ignore_index=True), summary
 
 
-def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute(cmd: Command) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every curve of the arguments: the rows of ``curve.csv`` and ``curve_summary.csv``."""
+    args = cmd.args
     check_args(args)
-    paths, runs = select_curves(args)
-    device = resolve_device(args.device)
+    paths, runs = select_curves(cmd)
+    device = cmd.device
     dataset = runs[0].dataset(args.data_dir)
     data = split_data(dataset, args.split, args.examples)
     train_data = split_data(dataset, "train")
@@ -183,18 +178,11 @@ def plot_curves(curves: pd.DataFrame, path, split: str) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.curve``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.curve",
-        description="Quadratic Bezier curves with a trained bend between solutions (Garipov et al. 2018), by "
-                    "default each scratch/scratch+/rigl/rigl+/set end to its pruning solution; loss along the curve "
-                    "against the straight line and both barriers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--from", dest="from_points", action="append", default=None, metavar="RUN_ID:POINT",
-                        help="start of a custom curve (repeatable, paired with --to); POINT is start, end, a step, "
-                             "or STEP:pre / STEP:post")
-    parser.add_argument("--to", dest="to_points", action="append", default=None, metavar="RUN_ID:POINT",
-                        help="end of a custom curve (repeatable)")
+    parser = analysis_parser(
+        "curve", "Quadratic Bezier curves with a trained bend between solutions (Garipov et al. 2018), by "
+                 "default each scratch/scratch+/rigl/rigl+/set end to its pruning solution; loss along the curve "
+                 "against the straight line and both barriers.")
+    add_path_args(parser, "curve")
     parser.add_argument("--steps", type=int, default=600, help="SGD steps training each bend")
     parser.add_argument("--batch-size", type=int, default=128, help="mini-batch of the bend's training")
     parser.add_argument("--lr", type=float, default=0.05, help="initial learning rate (cosine decay, momentum 0.9)")
@@ -211,18 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the curve CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    curves, summary = compute(args)
-    out = output_dir(args)
-    atomic_write_csv(out / "curve.csv", curves)
-    atomic_write_csv(out / "curve_summary.csv", summary)
-    written = [out / "curve.csv", out / "curve_summary.csv"]
-    written += plot_curves(curves, out / "curve.png", args.split)
+    cmd = Command.parse(build_parser(), argv)
+    curves, summary = compute(cmd)
+    split = cmd.args.split
     cols = ["method", "seed", "line_barrier", "curve_barrier", "line_barrier_frankle", "curve_barrier_frankle"]
-    print(f"barriers ({args.split} loss; line vs trained Bezier curve):")
-    print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for path in written:
-        print(f"wrote {path}")
+    cmd.write({"curve.csv": curves, "curve_summary.csv": summary},
+              {"curve.png": lambda path: plot_curves(curves, path, split)},
+              report=f"barriers ({split} loss; line vs trained Bezier curve):\n"
+                     + summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 

@@ -29,21 +29,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, analysis_parser, check_at_least
 from analysis.plotting import method_color, new_figure, order_methods, save_figure
-from analysis.runs import (
-    Run,
-    add_common_args,
-    check_same_architecture,
-    output_dir,
-    family_solution,
-    pruning_solution,
-    resolve_device,
-    runs_from_args,
-    pool_from_args,
-)
+from analysis.runs import Run, check_same_architecture, family_solution, pruning_solution
 from landscape.params import ParamSpace
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv, load_state_dict
+from sparse_training.io import load_state_dict
 
 # Methods whose runs share the sparse network's architecture; small-dense has its own width.
 DEFAULT_METHODS = ("prune", "lottery", "scratch", "scratch+", "rigl", "rigl+", "set", "dense")
@@ -146,8 +137,7 @@ def distance_matrix(points: Sequence[Point | str | Path], block: int = DEFAULT_B
     pts = [_as_point(p) for p in points]
     if not pts:
         raise UserError("there are no checkpoints to compare; select some runs.")
-    if block < 1:
-        raise UserError(f"--block must be at least 1, got {block}.")
+    check_at_least("--block", block, 1)
     labels = [p.label for p in pts]
     if len(set(labels)) != len(labels):
         raise ValueError("point labels must be unique.")
@@ -242,13 +232,12 @@ class Selection:
     pairs: list[tuple[Run, Run]]
 
 
-def select_points(args: argparse.Namespace) -> Selection:
+def select_points(cmd: Command) -> Selection:
     """Runs and points from the CLI arguments; pruning-solution ends are added as 'prune-end' points."""
-    kinds = parse_points(args.points)
-    if args.block < 1:
-        raise UserError(f"--block must be at least 1, got {args.block}.")
-    selected = runs_from_args(args, method=DEFAULT_METHODS)
-    pool = pool_from_args(args)
+    kinds = parse_points(cmd.args.points)
+    check_at_least("--block", cmd.args.block, 1)
+    selected = cmd.selected(method=DEFAULT_METHODS)
+    pool = cmd.pool()
     pairs = solution_pairs(pool, selected)
     references = {sol.run_id: sol for _, sol in pairs}
     check_same_architecture(list(selected) + list(references.values()))
@@ -343,21 +332,16 @@ def plot_to_pruning(frame: pd.DataFrame, path: Path) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.distances``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.distances",
-        description="Pairwise L2 distances between the start and end checkpoints of runs (all parameters), "
-                    "and each point's distance to its family's pruning solution.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    parser = analysis_parser("distances", "Pairwise L2 distances between the start and end checkpoints of runs "
+                             "(all parameters), and each point's distance to its family's pruning solution.")
     add_point_args(parser)
     return parser
 
 
-def compute(args: argparse.Namespace) -> tuple[Selection, list[str], np.ndarray]:
+def compute(cmd: Command) -> tuple[Selection, list[str], np.ndarray]:
     """Select the points of the CLI arguments and stream their distance matrix."""
-    sel = select_points(args)
-    device = resolve_device(args.device)
-    labels, dist = distance_matrix(sel.points, block=args.block, device=device, progress=not args.quiet)
+    sel = select_points(cmd)
+    labels, dist = distance_matrix(sel.points, block=cmd.args.block, device=cmd.device, progress=not cmd.args.quiet)
     return sel, labels, dist
 
 
@@ -375,20 +359,12 @@ def format_summary(table: pd.DataFrame) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the distances CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    sel, labels, dist = compute(args)
-    pairs = distances_frame(sel.points, dist)
+    cmd = Command.parse(build_parser(), argv)
+    sel, labels, dist = compute(cmd)
     to_pruning = to_pruning_frame(sel, labels, dist)
-    out = output_dir(args)
-    atomic_write_csv(out / "distances.csv", pairs)
-    atomic_write_csv(out / "distance_to_pruning.csv", to_pruning)
-    written = [out / "distances.csv", out / "distance_to_pruning.csv"]
-    if not to_pruning.empty:
-        written += plot_to_pruning(to_pruning, out / "distance_to_pruning.png")
-    print("mean L2 distance to the pruning solution:")
-    print(format_summary(summary_table(to_pruning)))
-    for path in written:
-        print(f"wrote {path}")
+    figures = {} if to_pruning.empty else {"distance_to_pruning.png": lambda path: plot_to_pruning(to_pruning, path)}
+    cmd.write({"distances.csv": distances_frame(sel.points, dist), "distance_to_pruning.csv": to_pruning}, figures,
+              report="mean L2 distance to the pruning solution:\n" + format_summary(summary_table(to_pruning)))
     return 0
 
 

@@ -27,19 +27,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from analysis.runs import (
-    family_solution,
-    Run,
-    add_common_args,
-    check_same_architecture,
-    output_dir,
-    resolve_device,
-    runs_from_args,
-    pool_from_args,
-)
+from analysis.cli import Command, analysis_parser
+from analysis.runs import Run, check_same_architecture, family_solution
 from landscape.evaluate import predict_logits
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv, atomic_write_text
 
 GROUP_METHODS = ("lottery", "scratch", "scratch+", "rigl", "rigl+", "set")
 PRUNING_GROUP = "pruning solutions"
@@ -177,30 +168,24 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.ensemble``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.ensemble",
-        description="Per method: test accuracy, ensemble accuracy, pairwise prediction disagreement and "
-                    "disagreement with the pruning solution (Evci et al.'s Table 1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
-    return parser
+    return analysis_parser("ensemble", "Per method: test accuracy, ensemble accuracy, pairwise prediction "
+                                       "disagreement and disagreement with the pruning solution (Evci et al.'s Table 1).")
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    """Run the ensemble CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    selected = runs_from_args(args, method=(*GROUP_METHODS, "prune"))
+def compute(cmd: Command) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows of ``ensemble.csv`` (one per group), ``ensemble_runs.csv`` and ``ensemble_bootstrap.csv``."""
+    args = cmd.args
+    selected = cmd.selected(method=(*GROUP_METHODS, "prune"))
     groups = group_runs(selected)
     if not groups:
         raise UserError("no run of the selection belongs to a group (lottery, scratch, scratch+, rigl, rigl+, "
                         "set, prune); select such runs with --method.")
-    pool = pool_from_args(args)
+    pool = cmd.pool()
     references = {name: group_reference(pool, runs) for name, runs in groups.items()}
     members = {r.run_id: r for runs in groups.values() for r in runs}
     members.update({r.run_id: r for r in references.values() if r is not None})
     check_same_architecture(list(members.values()))
-    device = resolve_device(args.device)
+    device = cmd.device
     data = next(iter(members.values())).dataset(args.data_dir)
     probs: dict[str, torch.Tensor] = {}
     for run_id, run in tqdm(members.items(), desc="ensemble", unit="run", disable=args.quiet, file=sys.stderr):
@@ -226,16 +211,18 @@ def main(argv: list[str] | None = None) -> int:
                      "disagreement_pruned_mean": stats["disagreement_ref_mean"],
                      "disagreement_pruned_std": stats["disagreement_ref_std"],
                      "pruning_run": ref.run_id if ref is not None else ""})
-    frame = pd.DataFrame(rows, columns=ENSEMBLE_COLUMNS)
+    return (pd.DataFrame(rows, columns=ENSEMBLE_COLUMNS), pd.DataFrame(run_rows, columns=RUN_COLUMNS),
+            pd.DataFrame(boot_rows, columns=BOOT_COLUMNS))
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Run the ensemble CLI; returns 0 (bad input exits with code 2)."""
+    cmd = Command.parse(build_parser(), argv)
+    frame, per_run, boot = compute(cmd)
     table = markdown_table(frame)
-    out = output_dir(args)
-    atomic_write_csv(out / "ensemble.csv", frame)
-    atomic_write_text(out / "ensemble.md", table)
-    atomic_write_csv(out / "ensemble_runs.csv", pd.DataFrame(run_rows, columns=RUN_COLUMNS))
-    atomic_write_csv(out / "ensemble_bootstrap.csv", pd.DataFrame(boot_rows, columns=BOOT_COLUMNS))
-    print(table, end="")
-    for name in ("ensemble.csv", "ensemble.md", "ensemble_runs.csv", "ensemble_bootstrap.csv"):
-        print(f"wrote {out / name}")
+    cmd.write({"ensemble.csv": frame, "ensemble.md": table, "ensemble_runs.csv": per_run,
+               "ensemble_bootstrap.csv": boot}, report=table)
     return 0
 
 

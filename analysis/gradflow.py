@@ -50,10 +50,10 @@ import pandas as pd
 from scipy import stats
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, analysis_parser
 from analysis.plotting import method_color, method_rank, new_figure, order_methods, save_figure
-from analysis.runs import Run, add_common_args, output_dir, runs_from_args
+from analysis.runs import Run
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 
 MEASURES = ("grad_norm_l1", "grad_norm", "egf1", "egf2", "egf2_per_weight")
 AGGREGATIONS = ("mean", "init", "early", "spaced")
@@ -240,13 +240,10 @@ def claims(per_run: pd.DataFrame, measure: str = "grad_norm") -> pd.DataFrame:
 # --- CLI ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.gradflow``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.gradflow",
-        description="Gradient norm and EGF curves by method (Evci et al. Fig. 4), rank correlation of gradient-flow "
+    parser = analysis_parser(
+        "gradflow", "Gradient norm and EGF curves by method (Evci et al. Fig. 4), rank correlation of gradient-flow "
                     "measures with final test accuracy and loss (Tessera et al.), and Evci et al.'s claims on "
-                    "gradient flow, all from metrics.csv.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+                    "gradient flow, all from metrics.csv.")
     parser.add_argument("--x", default="step", choices=("step", "epoch"), help="x axis of the curves")
     return parser
 
@@ -256,34 +253,34 @@ def format_table(frame: pd.DataFrame) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
+def report(per_run: pd.DataFrame, corr: pd.DataFrame, claim_table: pd.DataFrame) -> str:
+    """What the CLI prints: the claims, the groups too small to correlate, the correlations of the mean."""
+    lines = ["Evci et al.'s claims on the gradient norm (mean over seeds of per-run aggregates):",
+             format_table(claim_table[["claim", "mean_a", "mean_b", "n_pairs", "a_larger", "holds"]])]
+    for group in ("sparse", "dense"):
+        n = int(per_run[per_run["group"] == group]["run_id"].nunique())
+        if n < 3:
+            lines.append(f"{group} runs: {n} (< 3), so their rank correlations are NaN.")
+    shown = corr[(corr["aggregation"] == "mean") & (corr["n_runs"] >= 3)]
+    if not shown.empty:
+        lines += ["rank correlation with the final test accuracy/loss (aggregation: mean over training):",
+                  format_table(shown.drop(columns=["aggregation"]))]
+    return "\n".join(lines)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the gradient-flow CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    runs = runs_from_args(args)
-    metrics = load_metrics(runs, quiet=args.quiet)
+    cmd = Command.parse(build_parser(), argv)
+    metrics = load_metrics(cmd.selected(), quiet=cmd.args.quiet)
     table = curves(metrics)
     per_run = run_measures(metrics)
     corr = correlations(per_run)
     claim_table = claims(per_run)
-    out = output_dir(args)
-    written = [out / "gradflow_curves.csv", out / "gradflow_runs.csv", out / "gradflow_correlations.csv",
-               out / "gradflow_claims.csv"]
-    for path, frame in zip(written, (table, per_run, corr, claim_table)):
-        atomic_write_csv(path, frame)
-    written += plot_curves(table, out / "gradflow.png", args.x)
-    print("Evci et al.'s claims on the gradient norm (mean over seeds of per-run aggregates):")
-    print(format_table(claim_table[["claim", "mean_a", "mean_b", "n_pairs", "a_larger", "holds"]]))
-    for group in ("sparse", "dense"):
-        n = int(per_run[per_run["group"] == group]["run_id"].nunique())
-        if n < 3:
-            print(f"{group} runs: {n} (< 3), so their rank correlations are NaN.")
-    shown = corr[(corr["aggregation"] == "mean") & (corr["n_runs"] >= 3)]
-    if not shown.empty:
-        print("rank correlation with the final test accuracy/loss (aggregation: mean over training):")
-        print(format_table(shown.drop(columns=["aggregation"])))
-    for path in written:
-        print(f"wrote {path}")
+    cmd.write({"gradflow_curves.csv": table, "gradflow_runs.csv": per_run, "gradflow_correlations.csv": corr,
+               "gradflow_claims.csv": claim_table},
+              {"gradflow.png": lambda path: plot_curves(table, path, cmd.args.x)},
+              report=report(per_run, corr, claim_table))
     return 0
 
 

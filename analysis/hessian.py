@@ -68,15 +68,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, analysis_parser, check_at_least
+from analysis.interpolate import PointSpec
 from analysis.plotting import method_color, new_figure, order_methods, save_figure
-from analysis.runs import Run, add_common_args, output_dir, resolve_device, runs_from_args
+from analysis.runs import Run, checkpoint_step
 from landscape.exact import dense_matrix
 from landscape.hessian import HessianOperator, layer_operators
 from landscape.lanczos import lanczos, spectral_density
 from sparse_training import distributed as ddp
 from sparse_training.data import Dataset
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 from sparse_training.metrics import metric_indices
 
 PHASE_ORDER = {"start": 0, "periodic": 1, "pre": 2, "post": 3, "end": 4}
@@ -92,26 +93,20 @@ UPDATE_COLUMNS = ["run_id", "method", "seed", "step", "top_pre", "top_post", "mi
 
 @dataclass(frozen=True)
 class Target:
-    """One checkpoint of a run: ``which`` ('start', 'end' or a step) and ``phase`` ('', 'pre', 'post')."""
+    """A checkpoint whose spectrum is taken: a run and the point in it (``which`` and ``phase``)."""
 
     run: Run
-    which: str | int
-    phase: str = ""
+    point: PointSpec
 
     @property
     def step(self) -> int:
-        if self.which == "start":
-            return 0
-        if self.which == "end":
-            return int(self.run.config.get("total_steps") or self.run.status.get("step") or 0)
-        return int(self.which)
+        return checkpoint_step(self.run, self.point.which)
 
     @property
     def label(self) -> str:
         """'start', 'end', 'pre', 'post' or 'periodic' (a plain step checkpoint)."""
-        if self.which in ("start", "end"):
-            return str(self.which)
-        return self.phase or "periodic"
+        which = self.point.which
+        return str(which) if which in ("start", "end") else self.point.phase or "periodic"
 
 
 def parse_which(text: str) -> list[str]:
@@ -131,22 +126,22 @@ def targets_of(run: Run, which: Sequence[str] | None) -> list[Target]:
     """The checkpoints of ``run`` to analyse (see the module docstring for the default)."""
     if which is None:
         which = ["updates"] if run.update_steps() else ["start", "end"]
-    out: list[Target] = []
+    points: list[PointSpec] = []
     for token in which:
         if token == "updates":
             for step in run.update_steps():
-                out += [Target(run, step, "pre"), Target(run, step, "post")]
+                points += [PointSpec(run.run_id, step, "pre"), PointSpec(run.run_id, step, "post")]
         elif token in ("start", "end"):
-            out.append(Target(run, token))
+            points.append(PointSpec(run.run_id, token))
         else:
             step, _, phase = token.partition(":")
-            out.append(Target(run, int(step), phase))
+            points.append(PointSpec(run.run_id, int(step), phase))
     keep = []
-    for t in out:
-        if run.dir.checkpoint_path(t.which, t.phase).is_file():
-            keep.append(t)
+    for p in points:
+        if run.dir.checkpoint_path(p.which, p.phase).is_file():
+            keep.append(Target(run, p))
         else:
-            print(f"warning: {run.run_id} has no checkpoint {t.which}{':' + t.phase if t.phase else ''}; skipping it",
+            print(f"warning: {run.run_id} has no checkpoint {p.which}{':' + p.phase if p.phase else ''}; skipping it",
                   file=sys.stderr)
     return keep
 
@@ -379,12 +374,9 @@ def plot_eigenvalues(eigen: pd.DataFrame, path) -> list:
 # --- CLI ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.hessian``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.hessian",
-        description="Largest and smallest Hessian eigenvalues (Lanczos, active coordinates only, fixed training "
-                    "subset) of checkpoints: around every RigL/SET mask update, else at start and end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    parser = analysis_parser(
+        "hessian", "Largest and smallest Hessian eigenvalues (Lanczos, active coordinates only, fixed training "
+                   "subset) of checkpoints: around every RigL/SET mask update, else at start and end.")
     parser.add_argument("--k", type=int, default=5, help="eigenvalues wanted at each end of the spectrum")
     parser.add_argument("--which", default=None,
                         help="checkpoints of every run, comma-separated: start, end, updates, STEP, STEP:pre, "
@@ -408,10 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Range checks, before any work."""
-    if args.k < 1:
-        raise UserError(f"--k must be at least 1, got {args.k}.")
-    if args.examples < 1:
-        raise UserError(f"--examples must be at least 1, got {args.examples}.")
+    check_at_least("--k", args.k, 1)
+    check_at_least("--examples", args.examples, 1)
     if not args.tol > 0:
         raise UserError(f"--tol must be positive, got {args.tol}.")
     if args.max_iter is not None and args.max_iter < 2 * args.k:
@@ -434,16 +424,17 @@ class Results:
     layers: pd.DataFrame | None = None  # with --per-layer: rows of hessian_layers.csv
 
 
-def compute(args: argparse.Namespace) -> Results:
+def compute(cmd: Command) -> Results:
     """Select checkpoints and compute their spectra."""
+    args = cmd.args
     check_args(args)
     which = parse_which(args.which) if args.which else None
-    runs = runs_from_args(args)
+    runs = cmd.selected()
     targets = [t for r in runs for t in targets_of(r, which)]
     if not targets:
         raise UserError("none of the selected runs has the checkpoints asked for; check --which.")
     info = ddp.init_from_env(args.device)  # under torchrun: shard the examples, all-reduce products
-    device = ddp.device_for(info, resolve_device(args.device))
+    device = ddp.device_for(info, cmd.device)
     data_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     rows, densities, neg_mass = [], [], {}
     layer_frames: list[pd.DataFrame] = []
@@ -457,7 +448,7 @@ def compute(args: argparse.Namespace) -> Results:
             x, y = hessian_data(run.dataset(args.data_dir), args.examples)
             part = ddp.shard(torch.arange(len(x)), info)  # this rank's share (all of it alone)
             data_cache[name] = (x[part], y[part])
-        model = run.model(target.which, target.phase, device=device)
+        model = run.model(target.point.which, target.point.phase, device=device)
         masks = model.masks.as_dict()  # type: ignore[attr-defined]
         if args.per_layer:
             block = layer_spectra(model, masks, data_cache[name], args.k, dtype=DTYPES[args.dtype], device=device,
@@ -486,48 +477,42 @@ def compute(args: argparse.Namespace) -> Results:
     return Results(eigen, updates, density, time.perf_counter() - t0, matvecs, layers)
 
 
-def write_layers(res: Results, out) -> int:
-    """The --per-layer outputs, and a sentence per layer on what mask updates did to its curvature."""
-    summary = layer_summary(res.layers)
-    written = [out / "hessian_layers.csv", out / "hessian_layers_updates.csv"]
-    atomic_write_csv(written[0], res.layers)
-    atomic_write_csv(written[1], summary)
-    written += plot_layers(res.layers, out / "hessian_layers.png")
+def layers_report(res: Results, summary: pd.DataFrame) -> str:
+    """A sentence per layer on what mask updates did to the curvature of its block (--per-layer)."""
     n_ckpt = len(res.layers.groupby(["run_id", "step", "phase"]))
-    print(f"per-layer Hessian blocks of {n_ckpt} checkpoints in {res.seconds:.1f} s.")
+    lines = [f"per-layer Hessian blocks of {n_ckpt} checkpoints in {res.seconds:.1f} s."]
     for layer, g in summary.groupby("layer", sort=False):
         deeper = int((g["min_post"] < g["min_pre"]).sum())
-        print(f"  {layer}: smallest block eigenvalue fell in {deeper} of {len(g)} mask updates "
-              f"(mean {g['min_pre'].mean():.4g} -> {g['min_post'].mean():.4g}).")
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+        lines.append(f"  {layer}: smallest block eigenvalue fell in {deeper} of {len(g)} mask updates "
+                     f"(mean {g['min_pre'].mean():.4g} -> {g['min_post'].mean():.4g}).")
+    return "\n".join(lines)
+
+
+def report(res: Results, args: argparse.Namespace) -> str:
+    """How many checkpoints and products, how many eigenvalues did not converge, and what updates did."""
+    n_ckpt = len(res.eigen.groupby(["run_id", "step", "phase"]))
+    unconverged = int((~res.eigen["converged"].astype(bool)).sum())
+    return (f"{n_ckpt} checkpoints, {res.matvecs} Hessian-vector products ({args.dtype}) in {res.seconds:.1f} s; "
+            f"{unconverged} of {len(res.eigen)} eigenvalues did not meet --tol {args.tol:g}.\n"
+            + summarize_updates(res.updates, args.k, args.neg_tol))
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the Hessian CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    res = compute(args)
+    cmd = Command.parse(build_parser(), argv)
+    res = compute(cmd)
     if dist.is_initialized() and dist.get_rank() != 0:  # under torchrun rank 0 writes
         return 0
-    out = output_dir(args)
-    if res.layers is not None:
-        return write_layers(res, out)
-    written = [out / "hessian.csv", out / "hessian_updates.csv"]
-    atomic_write_csv(written[0], res.eigen)
-    atomic_write_csv(written[1], res.updates)
+    if res.layers is not None:  # --per-layer: its own outputs, the full-Hessian ones left alone
+        summary = layer_summary(res.layers)
+        cmd.write({"hessian_layers.csv": res.layers, "hessian_layers_updates.csv": summary},
+                  {"hessian_layers.png": lambda path: plot_layers(res.layers, path)}, report=layers_report(res, summary))
+        return 0
+    files = {"hessian.csv": res.eigen, "hessian_updates.csv": res.updates}
     if res.density is not None:
-        atomic_write_csv(out / "hessian_density.csv", res.density)
-        written.append(out / "hessian_density.csv")
-    written += plot_eigenvalues(res.eigen, out / "hessian.png")
-    n_ckpt = len(res.eigen.groupby(["run_id", "step", "phase"]))
-    unconverged = int((~res.eigen["converged"].astype(bool)).sum())
-    print(f"{n_ckpt} checkpoints, {res.matvecs} Hessian-vector products ({args.dtype}) in {res.seconds:.1f} s; "
-          f"{unconverged} of {len(res.eigen)} eigenvalues did not meet --tol {args.tol:g}.")
-    print(summarize_updates(res.updates, args.k, args.neg_tol))
-    for path in written:
-        print(f"wrote {path}")
+        files["hessian_density.csv"] = res.density
+    cmd.write(files, {"hessian.png": lambda path: plot_eigenvalues(res.eigen, path)}, report=report(res, cmd.args))
     return 0
 
 

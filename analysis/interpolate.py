@@ -36,22 +36,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, analysis_parser, check_at_least
 from analysis.plotting import method_color, method_rank, new_figure, order_methods, save_figure
-from analysis.runs import (
-    Run,
-    add_common_args,
-    check_same_architecture,
-    output_dir,
-    pruning_solution,
-    resolve_device,
-    runs_from_args,
-    pool_from_args,
-)
+from analysis.runs import Run, check_same_architecture, pruning_solution
 from landscape.curves import barrier_above_chord
 from landscape.interpolate import interpolate
 from sparse_training.data import Dataset
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 from sparse_training.metrics import metric_indices
 
 # Runs that get default paths to their pruning solution.
@@ -73,8 +64,7 @@ def alpha_grid(points: int = DEFAULT_POINTS, lo: float = ALPHA_RANGE[0], hi: flo
 
     With the defaults (29 points on [-0.2, 1.2], step 0.05) 0 and 1 are grid points already.
     """
-    if points < 2:
-        raise UserError(f"--points must be at least 2, got {points}.")
+    check_at_least("--points", points, 2)
     grid = np.round(np.linspace(lo, hi, points), 12)
     return np.union1d(grid, [0.0, 1.0])
 
@@ -196,8 +186,7 @@ def split_data(dataset: Dataset, split: str, examples: int | None = None) -> tup
     x, y = (dataset.x_train, dataset.y_train) if split == "train" else (dataset.x_test, dataset.y_test)
     if examples is None:
         return x, y
-    if examples < 1:
-        raise UserError(f"--examples must be at least 1, got {examples}.")
+    check_at_least("--examples", examples, 1)
     idx = metric_indices(len(x), examples)
     return x[idx], y[idx]
 
@@ -277,18 +266,11 @@ def plot_paths(curves: pd.DataFrame, path: str, split: str) -> list:
 # --- CLI ----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.interpolate``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.interpolate",
-        description="Loss and accuracy along straight lines between checkpoints (Evci et al. 2022, Fig. 7): by "
-                    "default from each lottery/scratch/scratch+/rigl/rigl+/set run's start and end to its pruning "
-                    "solution; the barrier of each path is summarized.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--from", dest="from_points", action="append", default=None, metavar="RUN_ID:POINT",
-                        help="start of a custom path (repeatable, paired with --to in order); POINT is start, end, "
-                             "a step, or STEP:pre / STEP:post; the selectors --method/--seed/--run then do not apply")
-    parser.add_argument("--to", dest="to_points", action="append", default=None, metavar="RUN_ID:POINT",
-                        help="end of a custom path (repeatable)")
+    parser = analysis_parser(
+        "interpolate", "Loss and accuracy along straight lines between checkpoints (Evci et al. 2022, Fig. 7): by "
+                       "default from each lottery/scratch/scratch+/rigl/rigl+/set run's start and end to its pruning "
+                       "solution; the barrier of each path is summarized.")
+    add_path_args(parser, "path", " in order", "; the selectors --method/--seed/--run then do not apply")
     parser.add_argument("--split", default="train", choices=("train", "test"),
                         help="data the loss is measured on (Evci et al. Fig. 7 uses the training loss)")
     parser.add_argument("--examples", type=int, default=None,
@@ -300,27 +282,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def select_paths(args: argparse.Namespace) -> tuple[list[PathSpec], list[Run]]:
-    """The paths the arguments ask for and the runs they touch (architectures checked)."""
+def add_path_args(parser: argparse.ArgumentParser, noun: str, paired: str = "", note: str = "") -> None:
+    """``--from``/``--to``: custom paths between two checkpoints each (interpolate, curve)."""
+    parser.add_argument("--from", dest="from_points", action="append", default=None, metavar="RUN_ID:POINT",
+                        help=f"start of a custom {noun} (repeatable, paired with --to{paired}); POINT is start, end, "
+                             f"a step, or STEP:pre / STEP:post{note}")
+    parser.add_argument("--to", dest="to_points", action="append", default=None, metavar="RUN_ID:POINT",
+                        help=f"end of a custom {noun} (repeatable)")
+
+
+def check_paired(args: argparse.Namespace, noun: str) -> None:
+    """``--from`` without ``--to`` (or the other way round) is a UserError."""
     if bool(args.from_points) != bool(args.to_points):
-        raise UserError("--from and --to go together; give both (once per path).")
+        raise UserError(f"--from and --to go together; give both (once per {noun}).")
+
+
+def select_paths(cmd: Command) -> tuple[list[PathSpec], list[Run]]:
+    """The paths the arguments ask for and the runs they touch (architectures checked)."""
+    args = cmd.args
+    check_paired(args, "path")
     if args.from_points:
-        pool = pool_from_args(args)
+        pool = cmd.pool()
         paths = custom_paths(args.from_points, args.to_points, pool)
     else:
-        selected = runs_from_args(args)
-        pool = pool_from_args(args)
+        selected = cmd.selected()
+        pool = cmd.pool()
         paths = default_paths(selected, pool)
     runs = path_runs(paths, pool)
     check_same_architecture(runs)
     return paths, runs
 
 
-def compute(args: argparse.Namespace) -> pd.DataFrame:
+def compute(cmd: Command) -> pd.DataFrame:
     """All paths of the arguments, evaluated: the rows of ``interpolation.csv``."""
+    args = cmd.args
     alphas = alpha_grid(args.points)
-    paths, runs = select_paths(args)
-    device = resolve_device(args.device)
+    paths, runs = select_paths(cmd)
+    device = cmd.device
     dataset = runs[0].dataset(args.data_dir)
     data = split_data(dataset, args.split, args.examples)
     recal = split_data(dataset, "train", args.examples) if args.recalibrate_bn else None
@@ -344,18 +342,14 @@ def format_barriers(table: pd.DataFrame) -> str:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the interpolation CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    curves = compute(args)
+    cmd = Command.parse(build_parser(), argv)
+    curves = compute(cmd)
     summary = summarize(curves)
-    out = output_dir(args)
-    atomic_write_csv(out / "interpolation.csv", curves)
-    atomic_write_csv(out / "interpolation_summary.csv", summary)
-    written = [out / "interpolation.csv", out / "interpolation_summary.csv"]
-    written += plot_paths(curves, out / "interpolation.png", args.split)
-    print(f"loss barrier along the paths ({args.split} split; mean over seeds):")
-    print(format_barriers(barrier_table(summary)))
-    for path in written:
-        print(f"wrote {path}")
+    split = cmd.args.split
+    cmd.write({"interpolation.csv": curves, "interpolation_summary.csv": summary},
+              {"interpolation.png": lambda path: plot_paths(curves, path, split)},
+              report=f"loss barrier along the paths ({split} split; mean over seeds):\n"
+                     + format_barriers(barrier_table(summary)))
     return 0
 
 

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 from sklearn.manifold import MDS, ClassicalMDS
 
+from analysis.cli import Command, analysis_parser
 from analysis.distances import Point, add_point_args, compute
 from analysis.plotting import method_color, method_rank, new_figure, save_figure
-from analysis.runs import add_common_args, output_dir
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 
 MDS_COLUMNS = ["run_id", "method", "seed", "point", "kind", "x", "y"]
 MARKERS = {"prune": "o", "lottery": "s", "scratch": "^", "scratch+": "v", "rigl": "D", "rigl+": "P",
@@ -119,12 +118,8 @@ def plot_mds(frame: pd.DataFrame, path: Path, title: str) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.mds``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.mds",
-        description="A 2-D MDS map of runs' start and end checkpoints from their L2 distances "
-                    "(Evci et al.'s Figure 6).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    parser = analysis_parser("mds", "A 2-D MDS map of runs' start and end checkpoints from their L2 distances "
+                                    "(Evci et al.'s Figure 6).")
     add_point_args(parser)
     parser.add_argument("--classical", action="store_true", help="classical MDS instead of metric MDS (SMACOF)")
     parser.add_argument("--random-state", type=int, default=0, help="seed of the metric MDS")
@@ -134,21 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the MDS CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    sel, _, dist = compute(args)
+    cmd = Command.parse(build_parser(), argv)
+    sel, _, dist = compute(cmd)
     if len(sel.points) < 3:
         raise UserError("an MDS map needs at least three checkpoints; select more runs or --points.")
-    emb = embed(dist, classical=args.classical, random_state=args.random_state)
+    emb = embed(dist, classical=cmd.args.classical, random_state=cmd.args.random_state)
     frame = mds_frame(sel.points, emb.xy)
-    out = output_dir(args)
-    atomic_write_csv(out / "mds.csv", frame)
-    title = (f"{emb.method} MDS of {len(sel.points)} checkpoints "
-             f"(Stress-1 {emb.normalized_stress:.3f})")
-    written = [out / "mds.csv", *plot_mds(frame, out / "mds.png", title)]
-    print(f"{emb.method} MDS of {len(sel.points)} points: stress {emb.stress:.4g}, "
-          f"normalized stress (Stress-1) {emb.normalized_stress:.4f}")
-    for path in written:
-        print(f"wrote {path}")
+    title = f"{emb.method} MDS of {len(sel.points)} checkpoints (Stress-1 {emb.normalized_stress:.3f})"
+    cmd.write({"mds.csv": frame}, {"mds.png": lambda path: plot_mds(frame, path, title)},
+              report=f"{emb.method} MDS of {len(sel.points)} points: stress {emb.stress:.4g}, "
+                     f"normalized stress (Stress-1) {emb.normalized_stress:.4f}")
     return 0
 
 

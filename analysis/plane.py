@@ -27,29 +27,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, analysis_parser, check_at_least
 from analysis.interpolate import PointSpec, parse_point, split_data
 from analysis.plotting import method_color, new_figure, save_figure
-from analysis.runs import (
-    Run,
-    add_common_args,
-    check_same_architecture,
-    family_solution,
-    output_dir,
-    resolve_device,
-    select_runs,
-    union_masks,
-)
+from analysis.runs import Run, check_same_architecture, checkpoint_step, family_solution, union_masks
 from landscape.interpolate import plane, project_to_plane
 from landscape.params import ParamSpace
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 
 GRID_COLUMNS = ["alpha", "beta", "loss", "accuracy", "split", "a", "b", "c"]
 POINT_COLUMNS = ["kind", "role", "run_id", "method", "point", "step", "alpha", "beta", "off_plane"]
@@ -96,15 +86,13 @@ def trajectory(run: Run) -> list[tuple[str | int, str]]:
     return [("start", "")] + sorted(steps, key=lambda s: (s[0], order[s[1]])) + [("end", "")]
 
 
-def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute(cmd: Command) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The loss grid and the projected points."""
-    if args.grid < 2:
-        raise UserError(f"--grid must be at least 2, got {args.grid}.")
+    args = cmd.args
+    check_at_least("--grid", args.grid, 2)
     if args.margin < 0:
         raise UserError(f"--margin must not be negative, got {args.margin}.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pool = select_runs(args.runs, warn=False)
+    pool = cmd.pool()
     if args.points:
         if len(args.points) != 3:
             raise UserError(f"give --points exactly three times (a, b, c), not {len(args.points)}.")
@@ -122,7 +110,7 @@ def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     try:
         space = ParamSpace(model, masks)
         states = [c["model"] for c in ckpts]
-        device = resolve_device(args.device)
+        device = cmd.device
         dataset = chosen[0][1].dataset(args.data_dir)
         data = split_data(dataset, args.split, args.examples)
         recal = split_data(dataset, "train", args.examples) if args.recalibrate_bn else None
@@ -140,7 +128,7 @@ def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for role, (p, run), state in zip(ROLES, chosen, states):
         rows.append({"kind": "anchor", "role": role, "run_id": run.run_id, "method": run.method, "point": p.label,
-                     "step": _step(run, p.which), "state": state})
+                     "step": checkpoint_step(run, p.which), "state": state})
     if not args.no_trajectories:
         first_role = {}
         for role, (_, run) in zip(ROLES, chosen):
@@ -149,20 +137,12 @@ def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
             for which, phase in trajectory(run):
                 label = PointSpec(run.run_id, which, phase).label
                 rows.append({"kind": "trajectory", "role": role, "run_id": run.run_id, "method": run.method,
-                             "point": label, "step": _step(run, which),
+                             "point": label, "step": checkpoint_step(run, which),
                              "state": run.checkpoint(which, phase)["model"]})
     coords = project_to_plane(space, *states, [r.pop("state") for r in rows])
     points = pd.DataFrame(rows)
     points["alpha"], points["beta"], points["off_plane"] = coords[:, 0], coords[:, 1], coords[:, 2]
     return grid[GRID_COLUMNS], points[POINT_COLUMNS]
-
-
-def _step(run: Run, which: str | int) -> int:
-    if which == "start":
-        return 0
-    if which == "end":
-        return int(run.config.get("total_steps") or run.status.get("step") or 0)
-    return int(which)
 
 
 def plot_plane(grid: pd.DataFrame, points: pd.DataFrame, path, split: str) -> list:
@@ -190,13 +170,10 @@ def plot_plane(grid: pd.DataFrame, points: pd.DataFrame, path, split: str) -> li
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.plane``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.plane",
-        description="Training loss and accuracy on the plane through three checkpoints (default: one seed's "
-                    "lottery end, scratch end and pruning solution), in the active coordinates of their masks' "
-                    "union, with the runs' projected trajectories (Li et al. 2018; Garipov et al. 2018).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    parser = analysis_parser(
+        "plane", "Training loss and accuracy on the plane through three checkpoints (default: one seed's "
+                 "lottery end, scratch end and pruning solution), in the active coordinates of their masks' "
+                 "union, with the runs' projected trajectories (Li et al. 2018; Garipov et al. 2018).")
     parser.add_argument("--points", action="append", default=None, metavar="RUN_ID:POINT",
                         help="a checkpoint spanning the plane; give it three times (a, b, c). POINT is start, end, "
                              "a step, or STEP:pre / STEP:post")
@@ -212,24 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report(grid: pd.DataFrame, points: pd.DataFrame, split: str) -> str:
+    """Where the three points lie and the lowest and highest loss on the grid."""
+    anchors = points[points["kind"] == "anchor"]
+    best = grid.loc[grid["loss"].idxmin()]
+    return ("plane through " + ", ".join(f"{r.role} = {r.point} ({r.method}) at ({r.alpha:.2f}, {r.beta:.2f})"
+                                         for r in anchors.itertuples())
+            + f"\n{split} loss on the grid: min {grid['loss'].min():.4f} at ({best['alpha']:.2f}, {best['beta']:.2f}), "
+              f"max {grid['loss'].max():.4f}")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the plane CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    grid, points = compute(args)
-    out = output_dir(args)
-    atomic_write_csv(out / "plane.csv", grid)
-    atomic_write_csv(out / "plane_points.csv", points)
-    written = [out / "plane.csv", out / "plane_points.csv"]
-    written += plot_plane(grid, points, out / "plane.png", args.split)
-    anchors = points[points["kind"] == "anchor"]
-    best = grid.loc[grid["loss"].idxmin()]
-    print("plane through " + ", ".join(f"{r.role} = {r.point} ({r.method}) at ({r.alpha:.2f}, {r.beta:.2f})"
-                                       for r in anchors.itertuples()))
-    print(f"{args.split} loss on the grid: min {grid['loss'].min():.4f} at ({best['alpha']:.2f}, {best['beta']:.2f}), "
-          f"max {grid['loss'].max():.4f}")
-    for path in written:
-        print(f"wrote {path}")
+    cmd = Command.parse(build_parser(), argv)
+    grid, points = compute(cmd)
+    split = cmd.args.split
+    cmd.write({"plane.csv": grid, "plane_points.csv": points},
+              {"plane.png": lambda path: plot_plane(grid, points, path, split)}, report=report(grid, points, split))
     return 0
 
 

@@ -310,34 +310,80 @@ def select_runs(root: str | Path, method: str | Iterable[str] | None = None, see
     ``data_factory`` gives their data (see :func:`open_runs`).
     Raises a UserError when the directory is empty or unrelated, or when nothing matches.
     """
-    root = Path(root)
-    methods = {method} if isinstance(method, str) else (set(method) if method is not None else None)
-    seeds = {int(seed)} if isinstance(seed, int) else (set(int(s) for s in seed) if seed is not None else None)
-    try:
-        pattern = re.compile(run) if run else None
-    except re.error as exc:
-        raise UserError(f"--run '{run}' is not a valid regular expression ({exc}).") from None
-    out = []
-    with warnings.catch_warnings():
-        if not warn:
+    source = RunSource(root, model_factory, dataset, data_factory, data_dir)
+    return source.select(method, seed, run, complete_only=complete_only, warn=warn)
+
+
+class RunSource:
+    """A runs directory (or a directory with ``manifest.csv``), read once: the selected runs and the pool.
+
+    The directory is opened on first use and kept, so an analysis that needs both the runs it was asked
+    for (:meth:`select`) and the pool their parents and pruning solutions are looked up in
+    (:meth:`pool`) reads it, and checks a manifest's checkpoints against their model, once.
+    """
+
+    def __init__(self, root: str | Path, model_factory: str | None = None, dataset: str | None = None,
+                 data_factory: str | None = None, data_dir: str | None = None):
+        self.root = Path(root)
+        self.options = {"model_factory": model_factory, "dataset": dataset, "data_factory": data_factory,
+                        "data_dir": data_dir}
+        self._every: list[Run] | None = None
+        self._unsaid: list[warnings.WarningMessage] = []  # warnings of the opening, not shown yet
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunSource:
+        """The runs directory of the common CLI arguments, with its manifest options."""
+        return cls(args.runs, **source_args(args))
+
+    def every(self, warn: bool = True) -> list[Run]:
+        """Every run, unfiltered (:func:`open_runs`, on the first call only).
+
+        ``warn``: show the warnings of the opening (runs skipped as unreadable), once, even when the
+        directory was opened by an earlier call without ``warn``.
+        """
+        if self._every is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._every = open_runs(self.root, **self.options)
+            self._unsaid = list(caught)
+        if warn:
+            for w in self._unsaid:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            self._unsaid = []
+        return self._every
+
+    def select(self, method: str | Iterable[str] | None = None, seed: int | Iterable[int] | None = None,
+               run: str | None = None, complete_only: bool = True, warn: bool = True) -> list[Run]:
+        """The runs matching the selectors (see :func:`select_runs`); a UserError when none does."""
+        methods = {method} if isinstance(method, str) else (set(method) if method is not None else None)
+        seeds = {int(seed)} if isinstance(seed, int) else (set(int(s) for s in seed) if seed is not None else None)
+        try:
+            pattern = re.compile(run) if run else None
+        except re.error as exc:
+            raise UserError(f"--run '{run}' is not a valid regular expression ({exc}).") from None
+        out = []
+        for r in self.every(warn):
+            if methods is not None and r.method not in methods:
+                continue
+            if seeds is not None and r.seed not in seeds:
+                continue
+            if pattern is not None and not pattern.search(r.run_id):
+                continue
+            if complete_only and not r.complete:
+                if warn:
+                    print(f"warning: skipping {r.run_id} ({r.state}: {r.status.get('reason') or 'not complete'})",
+                          file=sys.stderr)
+                continue
+            out.append(r)
+        if not out:
+            raise UserError(f"no {'complete ' if complete_only else ''}run under {self.root} matches the selection.")
+        return out
+
+    def pool(self, warn: bool = False) -> list[Run]:
+        """Every complete run, ignoring the selectors: the pool in which parents and pruning solutions are looked up."""
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-        every = open_runs(root, model_factory, dataset, data_factory, data_dir)
-    for r in every:
-        if methods is not None and r.method not in methods:
-            continue
-        if seeds is not None and r.seed not in seeds:
-            continue
-        if pattern is not None and not pattern.search(r.run_id):
-            continue
-        if complete_only and not r.complete:
-            if warn:
-                print(f"warning: skipping {r.run_id} ({r.state}: {r.status.get('reason') or 'not complete'})",
-                      file=sys.stderr)
-            continue
-        out.append(r)
-    if not out:
-        raise UserError(f"no {'complete ' if complete_only else ''}run under {root} matches the selection.")
-    return out
+            return self.select(warn=warn)
 
 
 def load_runs(root: str | Path, complete_only: bool = False, **selectors) -> pd.DataFrame:
@@ -345,6 +391,15 @@ def load_runs(root: str | Path, complete_only: bool = False, **selectors) -> pd.
     did_not_train (final training accuracy within 5 points of chance), path."""
     runs = select_runs(root, complete_only=complete_only, warn=False, **selectors)
     return pd.DataFrame([r.row() for r in runs], columns=TABLE_COLUMNS)
+
+
+def checkpoint_step(run: Run, which: str | int) -> int:
+    """The training step of a run's checkpoint ``which``: 0 for 'start', the run's last step for 'end'."""
+    if which == "start":
+        return 0
+    if which == "end":
+        return int(run.config.get("total_steps") or run.status.get("step") or 0)
+    return int(which)
 
 
 def check_same_architecture(runs: list[Run]) -> None:
@@ -385,10 +440,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="only runs of this method (repeatable)")
     parser.add_argument("--seed", type=int, action="append", default=None, help="only runs with this seed (repeatable)")
     parser.add_argument("--run", default=None, help="only runs whose id matches this regular expression")
-    parser.add_argument("--out", default=None, help="output directory (default: <runs>/_analysis)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--data-dir", default=None, help="directory with full-size datasets")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(parser)
     ext = parser.add_argument_group("checkpoints of other code (a directory with manifest.csv)")
     ext.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
                      help="callable returning the checkpoints' nn.Module (package.module:function or file.py:function)")
@@ -397,9 +449,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                      help="callable returning their data: a Dataset or (x_train, y_train, x_test, y_test)")
 
 
+def add_output_args(parser: argparse.ArgumentParser, out: str | None = None,
+                    out_help: str = "output directory (default: <runs>/_analysis)") -> None:
+    """``--out``, ``--device``, ``--data-dir`` and ``--quiet``: the options of every analysis CLI."""
+    parser.add_argument("--out", default=out, help=out_help)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--data-dir", default=None, help="directory with full-size datasets")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def output_dir(args: argparse.Namespace) -> Path:
-    """The directory an analysis writes to (created)."""
-    out = Path(args.out) if args.out else Path(args.runs) / "_analysis"
+    """The directory an analysis writes to (created): ``--out``, else ``<runs>/_analysis``."""
+    out = Path(args.out) if args.out or not hasattr(args, "runs") else Path(args.runs) / "_analysis"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -413,19 +474,25 @@ def source_args(args: argparse.Namespace) -> dict:
             "data_factory": getattr(args, "data_factory", None), "data_dir": getattr(args, "data_dir", None)}
 
 
+def selectors(args: argparse.Namespace, **defaults) -> dict:
+    """The selectors (method, seed, run) of the common CLI arguments; ``defaults`` fill those not given."""
+    return {"method": args.method or defaults.get("method"), "seed": args.seed or defaults.get("seed"),
+            "run": args.run}
+
+
 def runs_from_args(args: argparse.Namespace, **defaults) -> list[Run]:
-    """Select runs from the common CLI arguments (``defaults`` fill selectors not given)."""
-    method = args.method or defaults.get("method")
-    seed = args.seed or defaults.get("seed")
-    return select_runs(args.runs, method=method, seed=seed, run=args.run, **source_args(args))
+    """Select runs from the common CLI arguments (``defaults`` fill selectors not given).
+
+    It opens the runs directory itself; a command that also needs :func:`pool_from_args` opens it once
+    with :class:`analysis.cli.Command` instead.
+    """
+    return RunSource.from_args(args).select(**selectors(args, **defaults))
 
 
 def pool_from_args(args: argparse.Namespace, warn: bool = False) -> list[Run]:
     """Every complete run of the CLI's runs directory (or manifest), ignoring the selectors: the pool
     in which parents and pruning solutions are looked up."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return select_runs(args.runs, warn=warn, **source_args(args))
+    return RunSource.from_args(args).pool(warn)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -37,13 +37,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, bare_parser, check_at_least
 from analysis.plotting import new_figure, save_figure
-from analysis.runs import resolve_device
+from analysis.runs import add_output_args
 from sparse_training.data import load_dataset
 from sparse_training.distributions import DISTRIBUTIONS, check_sparsity
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.init import SCHEMES, initialize
-from sparse_training.io import atomic_write_csv
 from sparse_training.masks import Masks
 from sparse_training.models import DEFAULT_INPUT, MODELS, build_model
 
@@ -172,11 +172,9 @@ def plot_signal(table: pd.DataFrame, path: Path, model_name: str, distribution: 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.signal``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.signal",
-        description="Standard deviation of the logits at initialization against sparsity for the dense, Liu et al. "
-                    "and sparse initializations, on Gaussian and on real inputs (Evci et al. 2022, Fig. 3).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = bare_parser(
+        "signal", "Standard deviation of the logits at initialization against sparsity for the dense, Liu et al. "
+                  "and sparse initializations, on Gaussian and on real inputs (Evci et al. 2022, Fig. 3).")
     parser.add_argument("--model", default="lenet5", help=f"one of {', '.join(MODELS)}")
     parser.add_argument("--sparsities", default=DEFAULT_SPARSITIES,
                         help="comma-separated sparsities in [0, 1); the dense network (0) is always added")
@@ -189,10 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset of the real inputs and the input shape (default: mnist1d for mnist1d-* "
                              "models, cifar10 for vgg16/resnet18, else mnist)")
     parser.add_argument("--batch", type=int, default=512, help="inputs per batch")
-    parser.add_argument("--out", default="runs/_analysis", help="output directory")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--data-dir", default=None, help="directory with full-size datasets")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_args(parser, out="runs/_analysis", out_help="output directory")
     return parser
 
 
@@ -208,20 +203,17 @@ def format_summary(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> int:
-    """Run the signal-propagation CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
+def compute(cmd: Command) -> tuple[pd.DataFrame, str]:
+    """The rows of ``signal.csv``, and what the inputs were (the dataset, or the input shape)."""
+    args = cmd.args
     if args.model not in MODELS:
         raise UserError(f"unknown model '{args.model}'; choose one of {', '.join(MODELS)}.")
     sparsities = parse_sparsities(args.sparsities)
     inits = parse_names(args.inits, SCHEMES, "--inits")
     inputs = parse_names(args.inputs, INPUTS, "--inputs")
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}.")
-    if args.batch < 2:
-        raise UserError(f"--batch must be at least 2, got {args.batch}.")
-    device = resolve_device(args.device)
+    check_at_least("--repeats", args.repeats, 1)
+    check_at_least("--batch", args.batch, 2)
+    device = cmd.device
     source = args.dataset or default_dataset(args.model)
     shape, num_classes, data_batch = DEFAULT_INPUT[args.model], 10, None
     if "data" in inputs or args.dataset:  # Gaussian input alone needs no data: the model's default shape
@@ -233,18 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     table = signal_table(args.model, sparsities, inits, args.repeats, shape, num_classes=num_classes,
                          data_batch=data_batch, gaussian="gaussian" in inputs, distribution=args.distribution,
                          batch=args.batch, device=device, quiet=args.quiet)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write to output directory {out} ({exc.strerror or exc}).") from None
-    atomic_write_csv(out / "signal.csv", table)
-    written = [out / "signal.csv", *plot_signal(table, out / "signal.png", args.model, args.distribution)]
-    print(f"{args.model} ({source if 'data' in inputs else 'input shape ' + str(shape)}), "
-          f"{args.distribution} masks, {args.repeats} repeats:")
-    print(format_summary(table))
-    for path in written:
-        print(f"wrote {path}")
+    return table, source if "data" in inputs else f"input shape {shape}"
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    """Run the signal-propagation CLI; returns 0 (bad input exits with code 2)."""
+    cmd = Command.parse(build_parser(), argv)
+    table, inputs_text = compute(cmd)
+    args = cmd.args
+    cmd.write({"signal.csv": table}, {"signal.png": lambda path: plot_signal(table, path, args.model, args.distribution)},
+              report=f"{args.model} ({inputs_text}), {args.distribution} masks, {args.repeats} repeats:\n"
+                     + format_summary(table))
     return 0
 
 

@@ -39,13 +39,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from analysis.cli import Command, analysis_parser, check_at_least
 from analysis.interpolate import split_data
 from analysis.plotting import new_figure, save_figure
-from analysis.runs import Run, add_common_args, check_same_architecture, output_dir, resolve_device, runs_from_args
+from analysis.runs import Run, check_same_architecture
 from landscape.curves import barrier_above_chord, barrier_max_minus_mean
 from landscape.interpolate import interpolate
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 
 FAMILY_OF_PARENT = {"prune": "lottery ticket", "dense": "dense"}
 FAMILY_COLORS = {"lottery ticket": "#1f77b4", "dense": "#222222"}
@@ -104,16 +104,15 @@ def measure_pair(pair: Pair, data, alphas: np.ndarray, split: str, stable: float
     return frame, row
 
 
-def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compute(cmd: Command) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every pair of the runs directory, measured."""
-    if args.points < 2:
-        raise UserError(f"--points must be at least 2, got {args.points}.")
+    args = cmd.args
+    check_at_least("--points", args.points, 2)
     if not 0 < args.stable < 1:
         raise UserError(f"--stable must lie in (0, 1), got {args.stable}.")
-    runs = runs_from_args(args)
-    pairs = find_pairs(runs)
+    pairs = find_pairs(cmd.selected())
     check_same_architecture([r for p in pairs for r in (p.a, p.b)])
-    device = resolve_device(args.device)
+    device = cmd.device
     data = split_data(pairs[0].a.dataset(args.data_dir), args.split, args.examples)
     alphas = np.linspace(0.0, 1.0, args.points)
     frames, rows = [], []
@@ -167,13 +166,10 @@ def plot_stability(summary: pd.DataFrame, path, split: str) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.stability``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.stability",
-        description="Stability to SGD noise (Frankle et al. 2020): the error barrier between two copies rewound "
-                    "to step k and trained with different data orders, and their accuracy, against k, for lottery "
-                    "tickets and dense networks (runs of the stability preset).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    parser = analysis_parser(
+        "stability", "Stability to SGD noise (Frankle et al. 2020): the error barrier between two copies rewound "
+                     "to step k and trained with different data orders, and their accuracy, against k, for lottery "
+                     "tickets and dense networks (runs of the stability preset).")
     parser.add_argument("--points", type=int, default=11, help="evenly spaced alphas in [0, 1]")
     parser.add_argument("--split", default="test", choices=("train", "test"), help="data the barrier is measured on")
     parser.add_argument("--examples", type=int, default=None,
@@ -183,23 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report(summary: pd.DataFrame, split: str, stable: float) -> str:
+    """The barrier and accuracy by rewind step, and from which step each family is stable."""
+    lines = [f"error barrier ({split}) and accuracy by rewind step (mean over pairs):",
+             by_rewind(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+    for family, k in stable_from(summary, stable).items():
+        lines.append(f"{family}: " + (f"stable (error barrier < {stable:g}) from rewind step {k} on."
+                                      if k is not None else f"not stable at any measured rewind step (< {stable:g})."))
+    return "\n".join(lines)
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     """Run the stability CLI; returns 0 (bad input exits with code 2)."""
-    args = build_parser().parse_args(argv)
-    curves, summary = compute(args)
-    out = output_dir(args)
-    atomic_write_csv(out / "stability.csv", curves)
-    atomic_write_csv(out / "stability_summary.csv", summary)
-    written = [out / "stability.csv", out / "stability_summary.csv"]
-    written += plot_stability(summary, out / "stability.png", args.split)
-    print(f"error barrier ({args.split}) and accuracy by rewind step (mean over pairs):")
-    print(by_rewind(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for family, k in stable_from(summary, args.stable).items():
-        print(f"{family}: " + (f"stable (error barrier < {args.stable:g}) from rewind step {k} on."
-                               if k is not None else f"not stable at any measured rewind step (< {args.stable:g})."))
-    for path in written:
-        print(f"wrote {path}")
+    cmd = Command.parse(build_parser(), argv)
+    curves, summary = compute(cmd)
+    split, stable = cmd.args.split, cmd.args.stable
+    cmd.write({"stability.csv": curves, "stability_summary.csv": summary},
+              {"stability.png": lambda path: plot_stability(summary, path, split)}, report=report(summary, split, stable))
     return 0
 
 

@@ -25,7 +25,6 @@ import hashlib
 import io
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IDX_FILES, parse_idx, read_idx
+from .idx import IDX_FILES, idx_bytes, parse_idx, read_idx
 from .errors import UserError, cli_entry
 from .io import atomic_write_bytes
 
@@ -86,15 +85,7 @@ class RouteFailed(Exception):
 
 
 # ---------------------------------------------------------------------------
-# IDX writing and verification
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The IDX encoding of a uint8 array: magic ``00 00 08 <ndim>``, big-endian uint32 dims, data."""
-    if array.dtype != np.uint8:
-        raise ValueError(f"IDX writer takes uint8 arrays, not {array.dtype}")
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array).tobytes()
+# Verification
 
 
 def verify(arrays: Arrays, expected: Expected) -> dict[str, bytes]:

@@ -39,7 +39,8 @@ def test_every_output_exists_and_is_non_empty(figures_dir):
 def test_every_claim_has_a_verdict_with_its_statistics(figures_dir):
     claims = pd.read_csv(figures_dir / "claims.csv")
     assert list(claims["claim"].astype(str)) == [c.id for c in CLAIMS]
-    assert list(claims.columns) == VERDICT_COLUMNS
+    assert list(claims.columns) == VERDICT_COLUMNS + ["verdict_without_untrained", "key_without_untrained",
+                                                      "untrained_runs"]
     assert set(claims["verdict"]) <= {"held", "not held", "inconclusive"}
     assert (claims["n"] > 0).sum() >= 15  # the smoke preset has every method the claims compare
     measured = claims[claims["ci_low"].notna()]
