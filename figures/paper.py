@@ -326,19 +326,24 @@ def fig_interp(curves: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def fig_hessian(updates: pd.DataFrame, out: Path) -> list[Path]:
+    """Smallest and largest eigenvalue before (hollow) and after (filled) each update, one line per run; the
+    legend names each method once, so it stays readable with every seed's runs."""
     fig, axes = new_figure(1, 2, figsize=(9.5, 3.6))
+    named: set[str] = set()
     for run_id, g in updates.groupby("run_id"):
         g = g.sort_values("step")
-        c = method_color(g["method"].iloc[0])
-        axes[0].plot(g["step"], g["min_pre"], "o--", color=c, mfc="none", label=f"{run_id} pre")
-        axes[0].plot(g["step"], g["min_post"], "o-", color=c, label=f"{run_id} post")
-        axes[1].plot(g["step"], g["top_pre"], "o--", color=c, mfc="none", label=f"{run_id} pre")
-        axes[1].plot(g["step"], g["top_post"], "o-", color=c, label=f"{run_id} post")
+        method = g["method"].iloc[0]
+        c = method_color(method)
+        label = None if method in named else method
+        named.add(method)
+        for ax, col in zip(axes, ("min", "top")):
+            ax.plot(g["step"], g[f"{col}_pre"], "o--", color=c, mfc="none", alpha=0.7)
+            ax.plot(g["step"], g[f"{col}_post"], "o-", color=c, alpha=0.7, label=label if col == "min" else None)
     axes[0].axhline(0, color="grey", lw=0.6)
     axes[0].set(xlabel="step of the mask update", ylabel="smallest Hessian eigenvalue",
                 title="Before (hollow) and after (filled) updates")
     axes[1].set(xlabel="step of the mask update", ylabel="largest Hessian eigenvalue")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8, title="one line per run")
     return save_figure(fig, out / "fig_hessian_rigl", FORMATS)
 
 
