@@ -465,12 +465,15 @@ def report(root: Path, runs: pd.DataFrame, pairs: pd.DataFrame, base: dict, verd
              "", "## Claims", "",
              "Judged by the claims engine (`figures/claims.py`): held needs p < 0.05 and the "
              f"{100 * (1 - 2 * engine.ALPHA):.0f}% interval on the claimed side; not held needs the interval on "
-             "the other side; anything else is inconclusive.", "",
-             "| id | claim | test | key number | p | verdict | figure |", "|---|---|---|---|---|---|---|"]
+             "the other side; anything else is inconclusive. Robustness: how many leave-one-out subsets (of "
+             "seeds, else runs) keep the verdict (*fragile* when one changes a held or not-held verdict), and for "
+             "an inconclusive verdict the seeds that would decide it with 80% probability.", "",
+             "| id | claim | test | key number | p | verdict | robustness | figure |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in verdicts.itertuples():
         p = "" if not np.isfinite(r.p_value) else f"{r.p_value:.3g}"
         lines.append(f"| {r.claim} | {r.statement} ({r.comparison}) | {r.test} | {r.key} | {p} | **{r.verdict}** "
-                     f"| [{r.figure}]({r.figure}) |")
+                     f"| {getattr(r, 'robustness', '')} | [{r.figure}]({r.figure}) |")
     lines += ["", "## One-sided p-values of sparse > dense per optimizer × regularization", "",
               f"Wilcoxon signed-rank over seeds (exact); in brackets the mean sparse − dense test accuracy in "
               f"percentage points. Activation {base['activation']}, {base['depth']} hidden layer(s), dense width "
@@ -528,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     figures += fig_egf(curves, slice_of(pairs, base, ("optimizer", "regularization")), out / "fig_tessera_egf.png")
     figures += fig_sweep(sweep, out / "fig_tessera_sweep.png")
     data = TesseraData(root, analysis=out, n_boot=args.n_boot)
-    verdicts = engine.verdict_frame(CLAIMS, engine.evaluate_all(CLAIMS, data), setting=str(root))
+    judged = engine.evaluate_all(CLAIMS, data)
+    verdicts = engine.verdict_frame(CLAIMS, judged, setting=str(root))
+    verdicts["robustness"] = [engine.robustness_text(v) for v in judged]
     atomic_write_csv(out / "claims.csv", verdicts)
     best = best_activations(pairs, base)
     atomic_write_text(out / "REPORT.md", report(root, runs, pairs, base, verdicts, pvalues, acts, best, sweep,
