@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch", action="store_true",
                    help="fetch the full datasets the preset needs into --data-dir when they are missing")
     p.add_argument("--interp-examples", type=int, default=1000, help="training examples per interpolation point")
-    p.add_argument("--hessian-examples", type=int, default=2000, help="training examples for Hessian eigenvalues")
+    p.add_argument("--hessian-examples", type=int, default=None,
+                   help="training examples for Hessian eigenvalues (default: 2,000 on full data, else 1,000)")
     p.add_argument("--hessian-updates", type=int, default=40,
                    help="RigL/RigL+ mask updates to take eigenvalues around, spread over every seed's runs")
     p.add_argument("--hessian-check-updates", type=int, default=6,
@@ -107,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"\n[2/4] preset {args.preset} has no family settings: no stability runs", flush=True)
         steps = tuple(s for s in steps if s.name != "stability")
-    paper_argv = [args.out, "--interp-examples", str(args.interp_examples), "--hessian-examples",
-                  str(args.hessian_examples), "--hessian-updates", str(args.hessian_updates),
+    paper_argv = [args.out, "--interp-examples", str(args.interp_examples), "--hessian-updates", str(args.hessian_updates),
                   "--hessian-check-updates", str(args.hessian_check_updates)]
     paper_argv += ["--data-dir", args.data_dir] if args.data_dir else []
+    paper_argv += ["--hessian-examples", str(args.hessian_examples)] if args.hessian_examples else []
     print(f"\n[3/4] every analysis, the paper's and those beyond it, {args.jobs} at a time "
           f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
     analysis_args = paper.analysis_args(paper.build_parser().parse_args(paper_argv),
