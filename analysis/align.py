@@ -70,13 +70,13 @@ from analysis.manifest import resolve_callable
 from analysis.plotting import method_color, method_rank, new_figure, order_methods, save_figure
 from analysis.runs import (
     Run,
+    RunSource,
     add_common_args,
     check_same_architecture,
     family_solution,
     output_dir,
-    pool_from_args,
     resolve_device,
-    runs_from_args,
+    selectors,
     union_masks,
 )
 from landscape.align import PermutationSpec, apply_permutation, chain_spec, spec_error, weight_matching
@@ -344,8 +344,9 @@ def compute(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     alphas = alpha_grid(args.points)
     if args.max_iter < 1:
         raise UserError(f"--max-iter must be at least 1, got {args.max_iter}.")
-    selected = runs_from_args(args, method=DEFAULT_METHODS)
-    pool = pool_from_args(args)
+    source = RunSource.from_args(args)  # a runs directory or manifest, opened once for both
+    selected = source.select(**selectors(args, method=DEFAULT_METHODS))
+    pool = source.pool()
     pairs = find_pairs(selected, pool)
     runs = list({r.run_id: r for p in pairs for r in (p.reference, p.run)}.values())
     check_same_architecture(runs)
