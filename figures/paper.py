@@ -680,11 +680,12 @@ def hessian_check(analysis_dir: Path) -> dict | None:
         big = pd.read_csv(analysis_dir / HESSIAN_CHECK_DIR / "hessian_updates.csv")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return out
-    both = base.merge(big, on=["run_id", "step"], suffixes=("", "_4x"))
+    keys = ["run_id", "step"]
+    both = base.assign(ok=more_negative(base))[keys + ["ok"]].merge(
+        big.assign(ok=more_negative(big))[keys + ["ok"]], on=keys, suffixes=("", "_4x"))
     if both.empty:
         return out
-    small_ok = more_negative(both).to_numpy()
-    big_ok = more_negative(both.rename(columns=lambda c: c[:-3] if c.endswith("_4x") else c + "_base")).to_numpy()
+    small_ok, big_ok = both["ok"].to_numpy(), both["ok_4x"].to_numpy()
     out.update(check_n=len(both), agree=int((small_ok == big_ok).sum()),
                verdict_base=count_test(int(small_ok.sum()), len(both)),
                verdict_4x=count_test(int(big_ok.sum()), len(both)))
