@@ -180,8 +180,11 @@ class PairDesign:
 
 
 def cell_tag(cell: dict) -> str:
-    """``momentum-bn+l2-relu-d2-w0.25``: a cell's part of its runs' ids."""
-    return f"{cell['optimizer']}-{cell['regularization']}-{cell['activation']}-d{cell['depth']}-w{cell['fraction']:g}"
+    """``momentum-bn+l2-relu-d2-w0.25``: a cell's part of its runs' ids (``-lr0.1`` / ``-e32`` added when
+    the cell sets its own learning rate / number of epochs)."""
+    tag = f"{cell['optimizer']}-{cell['regularization']}-{cell['activation']}-d{cell['depth']}-w{cell['fraction']:g}"
+    tag += f"-lr{cell['lr']:g}" if cell.get("lr") is not None else ""
+    return tag + (f"-e{cell['epochs']}" if cell.get("epochs") is not None else "")
 
 
 def same_capacity_graph(design: PairDesign, seeds: int) -> list[RunSpec]:
@@ -192,21 +195,28 @@ def same_capacity_graph(design: PairDesign, seeds: int) -> list[RunSpec]:
     layer sizes (``match_width``), its active weights drawn from the narrow network's init
     distribution. Both see the same data order (same seed).
     """
+    return pair_specs(design.prefix, design.base, design.input_shape, design.cells(), seeds)
+
+
+def pair_specs(prefix: str, base: dict, input_shape: tuple[int, ...], cells: list[dict], seeds: int) -> list[RunSpec]:
+    """The dense-narrow / sparse-wide pair of every cell and seed (see :func:`same_capacity_graph`); a cell
+    may also set ``lr`` and ``epochs`` (None: the base's)."""
     specs: list[RunSpec] = []
-    for cell in design.cells():
-        settings = {**design.base, **REGULARIZATIONS[cell["regularization"]], "optimizer": cell["optimizer"],
+    for cell in cells:
+        settings = {**base, **REGULARIZATIONS[cell["regularization"]], "optimizer": cell["optimizer"],
                     "activation": cell["activation"], "depth": cell["depth"]}
+        settings.update({k: cell[k] for k in ("lr", "epochs") if cell.get(k) is not None})
         probe = TrainConfig(**settings)
-        wide = build_for(probe, design.input_shape, 10)
-        narrow = build_for(probe, design.input_shape, 10, width=cell["fraction"])
+        wide = build_for(probe, input_shape, 10)
+        narrow = build_for(probe, input_shape, 10, width=cell["fraction"])
         sparsity = round(1 - Masks.dense(narrow).numel() / Masks.dense(wide).numel(), 4)
         tag = cell_tag(cell)
         for s in range(seeds):
             dense = TrainConfig(**{**settings, "method": "dense", "width": cell["fraction"], "seed": s})
             sparse = TrainConfig(**{**settings, "method": "scratch", "sparsity": sparsity,
                                     "match_width": cell["fraction"], "seed": s})
-            specs.append(RunSpec(f"{design.prefix}-{tag}-dense-narrow-seed{s}", dense))
-            specs.append(RunSpec(f"{design.prefix}-{tag}-sparse-wide-seed{s}", sparse))
+            specs.append(RunSpec(f"{prefix}-{tag}-dense-narrow-seed{s}", dense))
+            specs.append(RunSpec(f"{prefix}-{tag}-sparse-wide-seed{s}", sparse))
     return specs
 
 
@@ -232,6 +242,52 @@ TESSERA_FMNIST = PairDesign(
 )
 
 
+@dataclass(frozen=True)
+class LengthDesign:
+    """SC-SDC pairs at a ladder of training lengths: the optimizer x regularization cells at every length,
+    and at the longest one the extra activations (for ``activation_optimizers``, without regularization)
+    and the other learning rates (``other_lrs``: optimizer -> learning rate, every regularization)."""
+
+    prefix: str
+    base: dict
+    input_shape: tuple[int, ...]
+    optimizers: tuple[str, ...]
+    regularizations: tuple[str, ...]
+    lengths: tuple[int, ...]
+    activations: tuple[str, ...]
+    activation_optimizers: tuple[str, ...]
+    other_lrs: dict
+    base_cell: dict  # activation, depth, fraction
+
+    def cells(self) -> list[dict]:
+        """Every cell, each with its ``epochs`` (and ``lr`` where it is not the optimizer's default)."""
+        b, longest = self.base_cell, max(self.lengths)
+        out = [dict(b, optimizer=o, regularization=r, epochs=e)
+               for e in self.lengths for o in self.optimizers for r in self.regularizations]
+        out += [dict(b, optimizer=o, regularization="none", activation=a, epochs=longest)
+                for a in self.activations for o in self.activation_optimizers]
+        out += [dict(b, optimizer=o, regularization=r, lr=lr, epochs=longest)
+                for o, lr in self.other_lrs.items() for r in self.regularizations]
+        return out
+
+
+def length_graph(design: LengthDesign, seeds: int) -> list[RunSpec]:
+    """The run graph of a :class:`LengthDesign`: a dense-narrow / sparse-wide pair per cell and seed."""
+    return pair_specs(design.prefix, design.base, design.input_shape, design.cells(), seeds)
+
+
+# SC-SDC verdicts against training length on full Fashion-MNIST, sized for about an hour of 2 idle cores
+# (README: "Tessera et al. at longer training"). Width 128, not tessera-fmnist's 256: the 32-epoch
+# cells at 8 seeds would not fit otherwise (the runs' cost is about proportional to the wide layers).
+TESSERA_LENGTH = LengthDesign(
+    prefix="tlen",
+    base=dict(TESSERA_FMNIST.base, hidden=128),
+    input_shape=(1, 28, 28), optimizers=("sgd", "momentum", "adam", "rmsprop"), regularizations=("none", "bn"),
+    lengths=(2, 8, 32), activations=("swish", "prelu"), activation_optimizers=("momentum", "adam"),
+    other_lrs={"adam": 0.1, "rmsprop": 0.1},
+    base_cell=dict(activation="relu", depth=2, fraction=0.25),
+)
+
 PRESETS = {
     "smoke": ("seconds; for tests: tiny MLP on digits, the paper layout", lambda n: family_graph(_SMOKE, n), 2),
     "paper-lenet5": ("LeNet-5 on the embedded MNIST at 95% sparsity (Evci et al.)",
@@ -246,6 +302,9 @@ PRESETS = {
               lambda n: same_capacity_graph(SCSDC, n), 5),
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
                        "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
+    "tessera-length": ("tessera-fmnist's SGD/momentum/Adam/RMSProp x {none, bn} pairs at 2, 8 and 32 epochs, "
+                       "Swish/PReLU and learning rate 0.1 at 32 (needs make data)",
+                       lambda n: length_graph(TESSERA_LENGTH, n), 8),
     "stability": ("stability to SGD noise (Frankle et al. 2020): LeNet-5 lottery tickets and dense networks "
                   "rewound to steps 0-500 of one parent, 2 data orders each (--seeds = copies)",
                   lambda n: stability_graph(_STABILITY, n), 2),
