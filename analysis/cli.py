@@ -113,3 +113,18 @@ def write_outputs(out: Path, files: Mapping[str, pd.DataFrame | str], figures: M
     for path in written:
         print(f"wrote {path}")
     return written
+
+
+def shown_path(path: str | Path) -> str:
+    """How a report names a path the user gave: relative to the working directory (``../runs`` rather than
+    ``/home/me/project/runs``), so that reports carry no machine's absolute paths; as given when it is
+    relative already or lies on another drive."""
+    import os
+
+    text = str(path)
+    if not os.path.isabs(text):
+        return Path(text).as_posix()
+    try:
+        return Path(os.path.relpath(text)).as_posix()
+    except ValueError:  # another drive (Windows)
+        return text

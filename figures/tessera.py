@@ -44,10 +44,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from analysis.cli import shown_path
 from analysis.gradflow import SPACED_POINTS, spaced_rows, train_rows
 from analysis.plotting import new_figure, save_figure
 from analysis.runs import select_runs
-from sparse_training.config import TrainConfig
+from sparse_training.config import DEFAULT_LR, TrainConfig
 from sparse_training.errors import UserError, cli_entry
 from sparse_training.io import atomic_write_csv, atomic_write_text
 from sparse_training.presets import REGULARIZATIONS
@@ -63,6 +64,7 @@ OPTIMIZERS = ("sgd", "momentum", "adagrad", "adam", "adamw", "rmsprop")
 EWMA = ("adam", "adamw", "rmsprop")  # optimizers with exponentially weighted moving averages of g²
 ACTIVATIONS = ("relu", "prelu", "elu", "swish", "srelu", "sigmoid", "tanh")
 CELL = ["optimizer", "regularization", "activation", "depth", "fraction"]
+LENGTH_COLUMNS = ["epochs", "lr", "lr_default"]  # what a length study varies beside the cell
 NOT_IN_PAIR_KEY = ("method", "sparsity", "width", "match_width", "seed", "distribution", "init")
 
 
@@ -82,6 +84,14 @@ def network_of(config: dict) -> str | None:
     if config.get("match_width") and config.get("method") not in ("dense", "small-dense"):
         return "sparse"
     return "dense" if config.get("method") == "dense" else None
+
+
+def epochs_of(config: dict, total: int) -> float:
+    """A run's length in epochs: its ``--epochs``, or its steps over its steps per epoch (``--steps`` runs)."""
+    per = config.get("steps_per_epoch")
+    if config.get("steps") and per:
+        return round(total / per, 3)
+    return float(config.get("epochs") or (total / per if per else np.nan))
 
 
 def pair_key(config: dict) -> str:
@@ -112,13 +122,16 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
         cell = {"optimizer": c["optimizer"], "regularization": regularization_of(c),
                 "activation": c.get("activation", "relu"), "depth": int(c.get("depth", 0)),
                 "fraction": float(c["match_width"] if network_of(c) == "sparse" else c.get("width", 1.0))}
-        row = {"run_id": run.run_id, "network": network_of(c), "dataset": c.get("dataset"), **cell, "seed": run.seed,
+        lr = float(c.get("lr_resolved") or TrainConfig.from_dict(c).resolved_lr())
+        row = {"run_id": run.run_id, "network": network_of(c), "dataset": c.get("dataset"), **cell,
+               "epochs": epochs_of(c, total), "lr": lr, "lr_default": bool(np.isclose(lr, DEFAULT_LR.get(c["optimizer"], lr))),
+               "seed": run.seed,
                "pair_key": pair_key(c), "test_acc": float(last["test_acc"]), "test_loss": float(last["test_loss"]),
                **{k: float(pts[k].mean()) for k in MEASURES if k in pts}, "n_off_grid": int(pts["off_grid"].sum())}
         rows.append(row)
         long = pts.melt(id_vars=["point", "step", "training_fraction", "off_grid"],
                         value_vars=[k for k in MEASURES if k in pts], var_name="measure", value_name="value")
-        for k in ("run_id", "network", *CELL, "seed"):
+        for k in ("run_id", "network", *CELL, *LENGTH_COLUMNS, "seed"):
             long[k] = row[k]
         curves.append(long)
     if not rows:
@@ -128,7 +141,7 @@ def load_runs(root: Path, quiet: bool = True) -> tuple[pd.DataFrame, pd.DataFram
     if len(datasets) > 1:
         raise UserError(f"{root} mixes same-capacity runs on {', '.join(datasets)}; point figures.tessera at the "
                         "runs directory of one study.")
-    cols = ["run_id", "network", *CELL, "seed"]
+    cols = ["run_id", "network", *CELL, *LENGTH_COLUMNS, "seed"]
     curve = pd.concat(curves, ignore_index=True)
     curve = curve[cols + ["point", "step", "training_fraction", "off_grid", "measure", "value"]]
     return pd.DataFrame(rows), curve
@@ -144,10 +157,10 @@ def pair_table(runs: pd.DataFrame) -> pd.DataFrame:
     if both.empty:
         raise UserError("no dense-narrow run has a sparse-wide partner with the same settings and seed; "
                         "train both networks of each pair (tessera-fmnist or scsdc preset).")
-    out = both.reset_index()[[*CELL, "seed", "run_id_dense", "run_id_sparse", "test_acc_dense", "test_acc_sparse",
-                              "test_loss_dense", "test_loss_sparse", "pair_key"]]
+    out = both.reset_index()[[*CELL, *LENGTH_COLUMNS, "seed", "run_id_dense", "run_id_sparse", "test_acc_dense",
+                              "test_acc_sparse", "test_loss_dense", "test_loss_sparse", "pair_key"]]
     out["acc_diff"] = out["test_acc_sparse"] - out["test_acc_dense"]
-    return out.sort_values([*CELL, "seed"]).reset_index(drop=True)
+    return out.sort_values([*CELL, "epochs", "lr", "seed"]).reset_index(drop=True)
 
 
 def _mode(values: pd.Series, fallback):
@@ -181,14 +194,21 @@ def _ordered(values, order) -> list:
 # --- tables ----------------------------------------------------------------------------
 def cell_tests(pairs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Per group: n pairs, mean accuracies, mean and Hodges-Lehmann sparse-minus-dense difference with its
-    interval, and the one-sided exact Wilcoxon p-value of "sparse > dense" over seeds."""
+    interval, the one-sided exact Wilcoxon p-value of "sparse > dense" over seeds, and its leave-one-out
+    robustness: of the ``loo_total`` subsets that leave one seed out, ``loo_same`` fall on the same side of
+    p = 0.05; ``fragile`` when some subset changes the side."""
     rows = []
     for key, g in pairs.groupby(by, sort=False):
         v = engine.paired_test(g["test_acc_sparse"], g["test_acc_dense"], "greater", 0.0, "wilcoxon")
+        loo_p = [engine.paired_test(g["test_acc_sparse"].drop(i), g["test_acc_dense"].drop(i), "greater", 0.0,
+                                    "wilcoxon").p_value for i in g.index] if len(g) > 1 else []
+        below = [p < 0.05 for p in loo_p if np.isfinite(p)]
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n": len(g),
                      "dense_acc": g["test_acc_dense"].mean(), "sparse_acc": g["test_acc_sparse"].mean(),
                      "mean_diff": g["acc_diff"].mean(), "std_diff": g["acc_diff"].std(),
-                     "hl_diff": v.effect, "ci_low": v.ci_low, "ci_high": v.ci_high, "p_sparse_greater": v.p_value})
+                     "hl_diff": v.effect, "ci_low": v.ci_low, "ci_high": v.ci_high, "p_sparse_greater": v.p_value,
+                     "loo_same": sum(b == (v.p_value < 0.05) for b in below), "loo_total": len(below),
+                     "fragile": bool(below) and len(set(below) | {bool(v.p_value < 0.05)}) > 1})
     return pd.DataFrame(rows)
 
 
@@ -209,8 +229,11 @@ def pvalue_markdown(table: pd.DataFrame) -> str:
             p = row["p_sparse_greater"]
             text = "n/a" if not np.isfinite(p) else f"{p:.3f}"
             text = f"**{text}**" if np.isfinite(p) and p < 0.05 else text
+            text += "†" if bool(row.get("fragile", False)) else ""
             parts.append(f"{text} ({100 * row['mean_diff']:+.1f})")
         lines.append(f"| {o} | " + " | ".join(parts) + " |")
+    if "fragile" in table and table["fragile"].any():
+        lines += ["", "† fragile: leaving one seed out moves p to the other side of 0.05."]
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +418,8 @@ def _swish_prelu(data: engine.ClaimData) -> dict:
     by its mean), paired by optimizer and seed over the activation x optimizer slice."""
     p = _pairs(data)
     s = slice_of(p, base_cell(p), ("activation", "optimizer"))
+    per_opt = s.groupby("optimizer")["activation"].nunique()
+    s = s[s["optimizer"].isin(per_opt[per_opt > 1].index)]  # optimizers trained with one activation only say nothing
     means = s.groupby("activation")["test_acc_sparse"].mean()
     ours, others = means[means.index.isin(("swish", "prelu"))], means[~means.index.isin(("swish", "prelu"))]
     if ours.empty or others.empty:
@@ -448,7 +473,7 @@ CLAIMS = (
 
 
 # --- report ----------------------------------------------------------------------------
-def report(root: Path, runs: pd.DataFrame, pairs: pd.DataFrame, base: dict, verdicts: pd.DataFrame,
+def report(shown: str, runs: pd.DataFrame, pairs: pd.DataFrame, base: dict, verdicts: pd.DataFrame,
            pvalues: pd.DataFrame, acts: pd.DataFrame, best: pd.DataFrame, sweep: pd.DataFrame, corr: pd.DataFrame,
            figures: list[Path]) -> str:
     """REPORT.md: design covered, the claims with their tests and verdicts, the tables and figures."""
@@ -456,7 +481,7 @@ def report(root: Path, runs: pd.DataFrame, pairs: pd.DataFrame, base: dict, verd
     seeds = pairs.groupby(CELL)["seed"].nunique()
     off = int((runs["n_off_grid"] > 0).sum())
     lines = ["# Report: Tessera et al., same-capacity sparse vs dense (SC-SDC)", "",
-             f"Generated by `python -m figures.tessera {root}` on {time.strftime('%Y-%m-%d %H:%M')} from "
+             f"Generated by `python -m figures.tessera {shown}` on {time.strftime('%Y-%m-%d %H:%M')} from "
              f"{len(runs)} runs: {len(pairs)} dense-narrow / sparse-wide pairs in {len(cells)} cells, "
              f"{seeds.min()}{'' if seeds.min() == seeds.max() else f'–{seeds.max()}'} seed(s) per cell. Base cell: {base}. Gradient measures are averaged "
              f"over {POINTS} evenly spaced points of training "
@@ -489,6 +514,179 @@ def report(root: Path, runs: pd.DataFrame, pairs: pd.DataFrame, base: dict, verd
     return "\n".join(lines) + "\n"
 
 
+# --- training length ---------------------------------------------------------------------
+def length_dir(epochs: float) -> str:
+    """The subdirectory of one training length's study: ``epochs-32``."""
+    return f"epochs-{epochs:g}"
+
+
+def other_lr_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Cell tests of the optimizers trained at another learning rate than their default, beside the same
+    cells at the default rate (same length), grouped by optimizer, regularization, epochs and lr."""
+    other = pairs[~pairs["lr_default"]]
+    cells = other[["optimizer", "regularization", "activation", "depth", "fraction", "epochs"]].drop_duplicates()
+    both = pairs.merge(cells, on=list(cells.columns))
+    return cell_tests(both.sort_values(["optimizer", "regularization", "lr"]), ["optimizer", "regularization", "epochs",
+                                                                               "lr"])
+
+
+def claims_matrix(by_length: dict) -> pd.DataFrame:
+    """Claims as rows, lengths as columns, the verdict in each cell (``held†`` when fragile)."""
+    cols = {}
+    for epochs, (frame, _) in by_length.items():
+        cols[epochs] = {r.claim: f"{r.verdict}{'†' if r.fragile else ''}" for r in frame.itertuples()}
+    return pd.DataFrame(cols)
+
+
+def length_claims(by_length: dict) -> pd.DataFrame:
+    """Tidy ``claims_by_length.csv``: one row per claim and length with the test's numbers and robustness."""
+    frames = []
+    for epochs, (frame, _) in by_length.items():
+        f = frame.copy()
+        f.insert(1, "epochs", epochs)
+        frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def length_markdown(table: pd.DataFrame) -> str:
+    """One-sided p-values of sparse > dense per optimizer x regularization (rows) and length (columns), the
+    mean sparse − dense accuracy in brackets, † on fragile cells."""
+    lengths = sorted(table["epochs"].unique())
+    lines = ["| optimizer | regularization | " + " | ".join(f"{e:g} epochs" for e in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths)]
+    idx = table.set_index(["optimizer", "regularization", "epochs"])
+    for o in _ordered(table["optimizer"], OPTIMIZERS):
+        for r in _ordered(table.loc[table["optimizer"] == o, "regularization"], tuple(REGULARIZATIONS)):
+            parts = []
+            for e in lengths:
+                if (o, r, e) not in idx.index:
+                    parts.append("–")
+                    continue
+                row = idx.loc[(o, r, e)]
+                p = row["p_sparse_greater"]
+                text = "n/a" if not np.isfinite(p) else (f"**{p:.3f}**" if p < 0.05 else f"{p:.3f}")
+                parts.append(f"{text}{'†' if row['fragile'] else ''} ({100 * row['mean_diff']:+.1f})")
+            lines.append(f"| {o} | {r} | " + " | ".join(parts) + " |")
+    lines += ["", "In brackets the mean sparse − dense test accuracy (pp); bold: p < 0.05; † fragile: leaving one "
+              "seed out moves p to the other side of 0.05."]
+    return "\n".join(lines) + "\n"
+
+
+def _log2_epochs(ax, epochs: pd.Series) -> None:
+    """A log2 epochs axis ticked at the lengths trained, with a margin (set, not autoscaled: NaN-proof)."""
+    ticks = sorted(float(e) for e in epochs.unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.3)
+    ax.set_xticks(ticks, [f"{e:g}" for e in ticks])
+    ax.minorticks_off()
+
+
+def fig_length(table: pd.DataFrame, path: Path) -> list[Path]:
+    """Sparse − dense test accuracy (Hodges-Lehmann, with its Wilcoxon interval over seeds) against training
+    length, a line per optimizer, a panel per regularization."""
+    regs = _ordered(table["regularization"], tuple(REGULARIZATIONS))
+    fig, axes = new_figure(1, len(regs), figsize=(4.2 * len(regs), 3.4), squeeze=False, sharey=True)
+    for ax, r in zip(axes[0], regs):
+        sub = table[table["regularization"] == r]
+        opts = _ordered(sub["optimizer"], OPTIMIZERS)
+        for k, o in enumerate(opts):
+            g = sub[sub["optimizer"] == o].sort_values("epochs")
+            x = g["epochs"].to_numpy(float) * (1 + 0.04 * (k - (len(opts) - 1) / 2))  # dodge the intervals
+            hl = g["hl_diff"].to_numpy(float)  # too few seeds for the test: the mean, without an interval
+            y = 100 * np.where(np.isfinite(hl), hl, g["mean_diff"].to_numpy(float))
+            err = np.vstack([y - 100 * g["ci_low"].to_numpy(float), 100 * g["ci_high"].to_numpy(float) - y])
+            ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=3, lw=1.2, label=o)
+        ax.axhline(0, color="#888888", lw=0.8)
+        _log2_epochs(ax, sub["epochs"])
+        ax.set_xlabel("epochs")
+        ax.set_title("no regularization" if r == "none" else r)
+    axes[0][0].set_ylabel("sparse − dense test acc (pp)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"Sparse-wide − dense-narrow by training length (Hodges-Lehmann, {100 * (1 - 2 * engine.ALPHA):.0f}% "
+                 "interval over seeds)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def tau_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """τ(EGF_p) − τ(‖g‖_p) with its bootstrap interval per length, from claims T4a (p = 2) and T4b (p = 1)."""
+    t = claims[claims["claim"].isin(["T4a", "T4b"])].copy()
+    t["p"] = np.where(t["claim"] == "T4a", 2, 1)
+    return t[["p", "epochs", "effect", "ci_low", "ci_high", "p_value", "n", "verdict"]].rename(
+        columns={"effect": "tau_diff", "n": "runs"}).sort_values(["p", "epochs"]).reset_index(drop=True)
+
+
+def fig_length_tau(table: pd.DataFrame, path: Path) -> list[Path]:
+    """τ(EGF_p) − τ(‖g‖_p) (Kendall τ with final test accuracy over sparse runs) against training length."""
+    fig, ax = new_figure(figsize=(4.8, 3.4))
+    for k, (p, g) in enumerate(table.groupby("p")):
+        g = g.sort_values("epochs")
+        x = g["epochs"].to_numpy(float) * (1 + 0.04 * (k - 0.5))
+        y = g["tau_diff"].to_numpy(float)
+        err = np.vstack([y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y])
+        ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=3, lw=1.2, label=f"p = {p}")
+    ax.axhline(0, color="#888888", lw=0.8)
+    _log2_epochs(ax, table["epochs"])
+    ax.set_xlabel("epochs")
+    ax.set_ylabel("τ(EGF_p) − τ(‖g‖_p)")
+    ax.set_title("EGF vs gradient norm as a predictor of sparse test accuracy", fontsize=9)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def write_length_study(out: Path, shown: str, runs: pd.DataFrame, pairs: pd.DataFrame, by_length: dict) -> None:
+    """The length axis: tables, figures, ``claims_by_length.csv`` and REPORT.md over the per-length studies."""
+    main_pairs = pairs[pairs["lr_default"]]
+    base = base_cell(main_pairs)
+    table = cell_tests(slice_of(main_pairs, base, ("optimizer", "regularization")),
+                       ["optimizer", "regularization", "epochs"])
+    claims = length_claims(by_length)
+    taus = tau_table(claims)
+    other = other_lr_table(pairs) if (~pairs["lr_default"]).any() else pd.DataFrame()
+    files = {"tessera_runs.csv": runs.drop(columns="pair_key"), "tessera_pairs.csv": pairs.drop(columns="pair_key"),
+             "tessera_length.csv": table, "tessera_length_tau.csv": taus, "claims_by_length.csv": claims}
+    if len(other):
+        files["tessera_other_lr.csv"] = other
+    for name, frame in files.items():
+        atomic_write_csv(out / name, frame)
+    fig_length(table, out / "fig_tessera_length.png")
+    fig_length_tau(taus, out / "fig_tessera_length_tau.png")
+    matrix = claims_matrix(by_length)
+    statements = {c.id: c.statement for c in CLAIMS}
+    seeds = main_pairs.groupby([*CELL, "epochs"])["seed"].nunique()
+    lines = ["# Report: Tessera et al.'s SC-SDC claims against training length", "",
+             f"Generated by `python -m figures.tessera {shown}` on {time.strftime('%Y-%m-%d %H:%M')} from {len(runs)} "
+             f"runs: {len(pairs)} dense-narrow / sparse-wide pairs, lengths "
+             f"{', '.join(f'{e:g}' for e in by_length)} epochs, {seeds.min()}"
+             f"{'' if seeds.min() == seeds.max() else f'–{seeds.max()}'} seeds per cell. Each length's full study "
+             "(tables, figures, claims with their tests) is in its own directory: "
+             + ", ".join(f"[{length_dir(e)}]({length_dir(e)}/REPORT.md)" for e in by_length) + ".", "",
+             "## Claims × lengths", "",
+             "Judged at each length by the claims engine on that length's pairs (each optimizer at its default "
+             "learning rate); † fragile: leaving one seed out changes a held or not-held verdict. A claim with no "
+             "data at a length (e.g. T3 where only ReLU was trained) is inconclusive there.", "",
+             "| claim | statement | " + " | ".join(f"{e:g} epochs" for e in matrix.columns) + " |",
+             "|---|---|" + "---|" * len(matrix.columns)]
+    keys = claims.set_index(["claim", "epochs"])["key"]
+    for claim, row in matrix.iterrows():
+        cells = [f"**{v}**<br>{keys.get((claim, e), '')}" for e, v in row.items()]
+        lines.append(f"| {claim} | {statements.get(claim, '')} | " + " | ".join(cells) + " |")
+    lines += ["", "## Sparse − dense by length", "",
+              f"Activation {base['activation']}, {base['depth']} hidden layers, dense width {base['fraction']:g} × the "
+              "sparse width. One-sided exact Wilcoxon p-values of sparse > dense over seeds:", "",
+              length_markdown(table), "![length](fig_tessera_length.png)", "",
+              "## EGF against the gradient norm by length", "",
+              "Kendall τ of each measure (averaged over 11 points of training) with final test accuracy over the "
+              "sparse-wide runs of a length; the difference τ(EGF_p) − τ(‖g‖_p) with its bootstrap interval:", "",
+              markdown(taus.round(4)), "![tau](fig_tessera_length_tau.png)", ""]
+    if len(other):
+        lines += ["## Other learning rates", "",
+                  "The paper trains at learning rates 0.001 and 0.1; here the optimizers' defaults everywhere, and "
+                  "the other rate for the optimizers and lengths below (not part of the claims):", "",
+                  markdown(other[["optimizer", "regularization", "epochs", "lr", "n", "dense_acc", "sparse_acc",
+                                  "mean_diff", "p_sparse_greater", "fragile"]].round(4)), ""]
+    atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m figures.tessera", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -498,6 +696,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples of the correlations and of claims T4a/T4b")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def write_study(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, pairs: pd.DataFrame, out: Path,
+                n_boot: int, shown: str) -> tuple[pd.DataFrame, list[engine.Verdict]]:
+    """Every table, figure, ``claims.csv`` and ``REPORT.md`` of one study (one training length) into ``out``;
+    returns the verdicts (a frame and the engine's objects)."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_cell(pairs)
+    pvalues = cell_tests(slice_of(pairs, base, ("optimizer", "regularization")), ["optimizer", "regularization"])
+    acts = cell_tests(slice_of(pairs, base, ("activation", "optimizer")), ["activation", "optimizer"])
+    sweep = cell_tests(slice_of(pairs, base, ("depth", "fraction")), ["depth", "fraction"])
+    corr = correlation_table(runs, n_boot)
+    tables = {"tessera_runs.csv": runs.drop(columns="pair_key"), "tessera_curves.csv": curves,
+              "tessera_pairs.csv": pairs.drop(columns="pair_key"), "tessera_pvalues.csv": pvalues,
+              "tessera_activation.csv": acts, "tessera_sweep.csv": sweep, "tessera_correlations.csv": corr}
+    for name, frame in tables.items():
+        atomic_write_csv(out / name, frame)
+    atomic_write_text(out / "tessera_pvalues.md", pvalue_markdown(pvalues) if len(pvalues) else "(none)\n")
+    atomic_write_text(out / "tessera_correlations.md", correlation_markdown(corr))
+    figures = fig_activation(acts, out / "fig_tessera_activation.png")
+    figures += fig_egf(curves, slice_of(pairs, base, ("optimizer", "regularization")), out / "fig_tessera_egf.png")
+    figures += fig_sweep(sweep, out / "fig_tessera_sweep.png")
+    data = TesseraData(root, analysis=out, n_boot=n_boot)
+    judged = engine.evaluate_all(CLAIMS, data)
+    verdicts = engine.verdict_frame(CLAIMS, judged, setting=shown)
+    verdicts["robustness"] = [engine.robustness_text(v) for v in judged]
+    atomic_write_csv(out / "claims.csv", verdicts)
+    best = best_activations(pairs, base)
+    atomic_write_text(out / "REPORT.md", report(shown, runs, pairs, base, verdicts, pvalues, acts, best, sweep,
+                                                corr, figures))
+    return verdicts, judged
 
 
 @cli_entry
@@ -515,33 +744,36 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to {out} ({exc.strerror or exc}).") from None
-    base = base_cell(pairs)
-    pvalues = cell_tests(slice_of(pairs, base, ("optimizer", "regularization")), ["optimizer", "regularization"])
-    acts = cell_tests(slice_of(pairs, base, ("activation", "optimizer")), ["activation", "optimizer"])
-    sweep = cell_tests(slice_of(pairs, base, ("depth", "fraction")), ["depth", "fraction"])
-    corr = correlation_table(runs, args.n_boot)
-    tables = {"tessera_runs.csv": runs.drop(columns="pair_key"), "tessera_curves.csv": curves,
-              "tessera_pairs.csv": pairs.drop(columns="pair_key"), "tessera_pvalues.csv": pvalues,
-              "tessera_activation.csv": acts, "tessera_sweep.csv": sweep, "tessera_correlations.csv": corr}
-    for name, frame in tables.items():
-        atomic_write_csv(out / name, frame)
-    atomic_write_text(out / "tessera_pvalues.md", pvalue_markdown(pvalues) if len(pvalues) else "(none)\n")
-    atomic_write_text(out / "tessera_correlations.md", correlation_markdown(corr))
-    figures = fig_activation(acts, out / "fig_tessera_activation.png")
-    figures += fig_egf(curves, slice_of(pairs, base, ("optimizer", "regularization")), out / "fig_tessera_egf.png")
-    figures += fig_sweep(sweep, out / "fig_tessera_sweep.png")
-    data = TesseraData(root, analysis=out, n_boot=args.n_boot)
-    judged = engine.evaluate_all(CLAIMS, data)
-    verdicts = engine.verdict_frame(CLAIMS, judged, setting=str(root))
-    verdicts["robustness"] = [engine.robustness_text(v) for v in judged]
-    atomic_write_csv(out / "claims.csv", verdicts)
-    best = best_activations(pairs, base)
-    atomic_write_text(out / "REPORT.md", report(root, runs, pairs, base, verdicts, pvalues, acts, best, sweep,
-                                                corr, figures))
-    print(f"wrote {len(tables)} CSV tables, 2 Markdown tables, {len(figures)} figures, claims.csv and REPORT.md "
-          f"to {out}")
-    for r in verdicts.itertuples():
-        print(f"  {r.claim}: {r.verdict:<12} {r.key}")
+    shown = shown_path(root)
+    main_pairs = pairs[pairs["lr_default"]]  # the claims: each optimizer at its default learning rate
+    other_lr = pairs[~pairs["lr_default"]]
+    if main_pairs.empty:
+        raise UserError(f"{root} holds no pairs at the optimizers' default learning rates; the claims need them.")
+    lengths = sorted(main_pairs["epochs"].unique())
+    if len(lengths) == 1:
+        keep = set(main_pairs["run_id_dense"]) | set(main_pairs["run_id_sparse"])
+        verdicts, _ = write_study(root, runs[runs["run_id"].isin(keep)], curves[curves["run_id"].isin(keep)],
+                                  main_pairs, out, args.n_boot, shown)
+        written = "7 CSV tables, 2 Markdown tables, 3 figures, claims.csv and REPORT.md"
+        if len(other_lr):
+            atomic_write_csv(out / "tessera_other_lr.csv", other_lr_table(pairs))
+            written += ", tessera_other_lr.csv"
+        print(f"wrote {written} to {out}")
+        for r in verdicts.itertuples():
+            print(f"  {r.claim}: {r.verdict:<12} {r.key}")
+        return 0
+    by_length = {}
+    for epochs in tqdm(lengths, desc="lengths", unit="length", disable=args.quiet, file=sys.stderr):
+        sub = main_pairs[main_pairs["epochs"] == epochs]
+        keep = set(sub["run_id_dense"]) | set(sub["run_id_sparse"])
+        by_length[epochs] = write_study(root, runs[runs["run_id"].isin(keep)], curves[curves["run_id"].isin(keep)],
+                                        sub, out / length_dir(epochs), args.n_boot, shown)
+    write_length_study(out, shown, runs, pairs, by_length)
+    print(f"wrote a study per length ({', '.join(length_dir(e) for e in lengths)}), the length tables and figures, "
+          f"claims_by_length.csv and REPORT.md to {out}")
+    matrix = claims_matrix(by_length)
+    for claim, row in matrix.iterrows():
+        print(f"  {claim}: " + "  ".join(f"{e:g} ep {v}" for e, v in row.items()))
     return 0
 
 

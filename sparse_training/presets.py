@@ -288,6 +288,13 @@ TESSERA_LENGTH = LengthDesign(
     base_cell=dict(activation="relu", depth=2, fraction=0.25),
 )
 
+# Its quick version on digits, for tests and a first look: seconds per run.
+SCSDC_LENGTH = LengthDesign(
+    prefix="scsdc-len", base=SCSDC.base, input_shape=(64,), optimizers=("momentum", "adam"),
+    regularizations=("none", "bn"), lengths=(2, 6), activations=("swish",), activation_optimizers=("momentum",),
+    other_lrs={"adam": 0.1}, base_cell=dict(activation="relu", depth=3, fraction=0.25),
+)
+
 PRESETS = {
     "smoke": ("seconds; for tests: tiny MLP on digits, the paper layout", lambda n: family_graph(_SMOKE, n), 2),
     "paper-lenet5": ("LeNet-5 on the embedded MNIST at 95% sparsity (Evci et al.)",
@@ -302,6 +309,8 @@ PRESETS = {
               lambda n: same_capacity_graph(SCSDC, n), 5),
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
                        "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
+    "scsdc-length": ("quick version of tessera-length on digits: momentum/Adam x {none, bn} pairs at 2 and 6 epochs",
+                     lambda n: length_graph(SCSDC_LENGTH, n), 5),
     "tessera-length": ("tessera-fmnist's SGD/momentum/Adam/RMSProp x {none, bn} pairs at 2, 8 and 32 epochs, "
                        "Swish/PReLU and learning rate 0.1 at 32 (needs make data)",
                        lambda n: length_graph(TESSERA_LENGTH, n), 8),
