@@ -17,6 +17,7 @@ SET_FLAGS := $(foreach kv,$(SET),--set $(kv))
 
 .PHONY: install test test-all reproduce reproduce-paper data bench lint clean
 
+# create .venv and install torch (CPU build) and the project with its dev extra, when missing
 install: $(STAMP)
 
 # torch is pinned and installed first: its CPU wheel then satisfies the project's
@@ -27,16 +28,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
+# the test suite without the checks marked slow
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
+# the whole test suite, slow checks included
 test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=15
 
+# the paper-lenet5 and stability suites, every analysis, the figures and REPORT.md under $(RUNS)/_figures/;
+# the PNGs are copied to docs/
 reproduce: $(STAMP)
 	$(PY) -m figures.reproduce --out $(RUNS) $(SEEDS_FLAG) --jobs $(JOBS) $(SET_FLAGS)
 
-# Tessera et al.'s same-capacity study on full Fashion-MNIST (needs `make data` first; ~22 min on 2 idle cores)
+# Tessera et al.'s same-capacity study (the tessera-fmnist suite) on full Fashion-MNIST, fetched first by `data`;
+# its figures, tables and REPORT.md go to $(TESSERA_RUNS)/_figures/tessera/
 TESSERA_RUNS ?= runs-tessera
 .PHONY: reproduce-tessera
 reproduce-tessera: $(STAMP) data
@@ -53,15 +59,18 @@ reproduce-paper: $(STAMP)
 	$(PY) -m figures.reproduce --preset evci-lenet5 --out $(RUNS_EVCI) $(SEEDS_FLAG) --jobs $(JOBS) \
 		--data-dir $(DATA) --fetch --no-docs $(SET_FLAGS)
 
-# the peers of benchmarks.hessian come with the [bench] extra; benchmarks.suite takes ~8 min, run it alone
+# install the [bench] extra (the peer libraries of benchmarks.hessian) and run the benchmarks that print ratios;
+# benchmarks.suite trains a whole preset, so it is left out: run it on its own
 bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(PY) -m benchmarks.train_step
 	$(PY) -m benchmarks.hessian
 	$(PY) -m benchmarks.analysis
 
+# ruff over the repository
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# remove .venv and the default runs directories
 clean:
 	rm -rf $(VENV) runs $(RUNS_EVCI) $(TESSERA_RUNS)
