@@ -365,9 +365,9 @@ def test_load_refuses_pickled_objects(user_dir, tmp_path, monkeypatch):
 
 
 def test_readme_example_works_as_written(tmp_path):
-    """The README's "Your own checkpoints" example, run from its shell lines in a fresh folder."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Your own checkpoints", 1)[1].split("\n## ", 1)[0]
+    """The guide's "Your own checkpoints" example, run from its shell lines in a fresh folder."""
+    text = (ROOT / "docs" / "guide" / "own-checkpoints.md").read_text()
+    section = text.split("## An example from an empty folder", 1)[1].split("\n## ", 1)[0]
     blocks = section.split("```")
     files = {}
     shell = []

@@ -297,3 +297,91 @@ def test_figures_tessera_bad_input_exit_2(case, tmp_path, capsys, scsdc_runs):
     assert exc.value.code == 2 and err.startswith("error: ")
     assert ("partner" in err) == (case == "no-pairs")
     assert not out.exists()
+
+
+# --- the length study ------------------------------------------------------------------------
+def test_tessera_length_preset_layout():
+    from sparse_training.presets import TESSERA_LENGTH
+
+    specs = preset_runs("tessera-length")
+    cfgs = [s.config for s in specs]
+    assert len(specs) == len(TESSERA_LENGTH.cells()) * 2 * 8 and len({s.run_id for s in specs}) == len(specs)
+    core = {(c.optimizer, c.batchnorm, c.epochs) for c in cfgs if c.activation == "relu" and c.lr is None}
+    assert core == {(o, bn, e) for o in ("sgd", "momentum", "adam", "rmsprop") for bn in (False, True)
+                    for e in (2, 8, 32)}
+    extra = {(c.optimizer, c.activation, c.epochs) for c in cfgs if c.activation != "relu"}
+    assert extra == {(o, a, 32) for o in ("momentum", "adam") for a in ("swish", "prelu")}
+    assert {(c.optimizer, c.lr, c.epochs) for c in cfgs if c.lr is not None} == {("adam", 0.1, 32), ("rmsprop", 0.1, 32)}
+    for dense, sparse in zip(specs[::2], specs[1::2]):  # pairs: same settings and seed, one dense, one sparse
+        assert dense.config.method == "dense" and sparse.config.match_width == dense.config.width == 0.25
+        assert (dense.config.seed, dense.config.epochs, dense.config.lr) == \
+            (sparse.config.seed, sparse.config.epochs, sparse.config.lr)
+        assert dense.config.log_points == sparse.config.log_points == 10
+
+
+def test_cell_tests_mark_fragile_cells_by_leaving_one_seed_out():
+    """All-positive differences: p = 2^-n exactly. With 5 seeds p = 1/32 < 0.05, but any 4 give 1/16 > 0.05:
+    fragile; with 8 seeds p = 1/256 and any 7 give 1/128: robust."""
+    from figures.tessera import cell_tests
+
+    rows = []
+    for opt, n in (("sgd", 5), ("adam", 8)):
+        for s in range(n):
+            d = 0.7 + 0.01 * s
+            rows.append({"optimizer": opt, "regularization": "bn", "seed": s, "test_acc_dense": d,
+                         "test_acc_sparse": d + 0.01 * (s + 1), "acc_diff": 0.01 * (s + 1)})
+    t = cell_tests(pd.DataFrame(rows), ["optimizer", "regularization"]).set_index("optimizer")
+    assert math.isclose(t.loc["sgd", "p_sparse_greater"], 1 / 32) and math.isclose(t.loc["adam", "p_sparse_greater"], 1 / 256)
+    assert bool(t.loc["sgd", "fragile"]) and (t.loc["sgd", "loo_same"], t.loc["sgd", "loo_total"]) == (0, 5)
+    assert not bool(t.loc["adam", "fragile"]) and (t.loc["adam", "loo_same"], t.loc["adam", "loo_total"]) == (8, 8)
+
+
+@pytest.fixture(scope="module")
+def length_runs(tmp_path_factory) -> Path:
+    """The scsdc-length preset (digits, 2 and 6 epochs), 2 seeds, batch 128 to keep it to seconds."""
+    from sparse_training.suite import main
+
+    out = tmp_path_factory.mktemp("scsdc-length") / "runs"
+    assert main(["--preset", "scsdc-length", "--seeds", "2", "--set", "batch_size=128", "--out", str(out),
+                 "--quiet"]) == 0
+    return out
+
+
+def test_figures_tessera_length_axis(length_runs, tmp_path, monkeypatch):
+    from figures import tessera
+    from sparse_training.presets import SCSDC_LENGTH
+    from sparse_training.rundir import RunDir
+
+    monkeypatch.chdir(length_runs.parent)
+    out = tmp_path / "fig"
+    assert tessera.main(["runs", "--out", str(out), "--quiet", "--n-boot", "200"]) == 0
+    for d in ("epochs-2", "epochs-6"):  # a full study per length
+        assert (out / d / "REPORT.md").is_file() and (out / d / "claims.csv").is_file()
+    claims = pd.read_csv(out / "claims_by_length.csv")
+    assert sorted(claims["epochs"].unique()) == [2.0, 6.0] and len(claims) == 2 * len(tessera.CLAIMS)
+    for e, g in claims.groupby("epochs"):  # the matrix repeats each length's own claims.csv
+        own = pd.read_csv(out / f"epochs-{e:g}" / "claims.csv")
+        assert g["verdict"].tolist() == own["verdict"].tolist()
+        assert (g["setting"] == "runs").all()  # the runs directory as given, not an absolute path
+    # the length table against the pairs computed here from the runs' own metrics
+    pairs = pd.read_csv(out / "tessera_pairs.csv")
+    assert set(pairs["epochs"]) == {2.0, 6.0} and len(pairs) == len(SCSDC_LENGTH.cells()) * 2
+    for r in pairs.itertuples():
+        for rid, acc in ((r.run_id_dense, r.test_acc_dense), (r.run_id_sparse, r.test_acc_sparse)):
+            assert math.isclose(RunDir(length_runs / rid).read_metrics()["test_acc"].iloc[-1], acc)
+    table = pd.read_csv(out / "tessera_length.csv")
+    base = pairs[pairs["lr_default"] & (pairs["activation"] == "relu")]
+    assert len(table) == 2 * 2 * 2  # momentum/adam x none/bn x 2 lengths
+    for r in table.itertuples():
+        g = base[(base["optimizer"] == r.optimizer) & (base["regularization"] == r.regularization)
+                 & (base["epochs"] == r.epochs)]
+        assert math.isclose(r.mean_diff, (g["test_acc_sparse"] - g["test_acc_dense"]).mean(), abs_tol=1e-12)
+    other = pd.read_csv(out / "tessera_other_lr.csv")
+    assert set(other["lr"]) == {0.001, 0.1} and set(other["optimizer"]) == {"adam"}
+    tau = pd.read_csv(out / "tessera_length_tau.csv")
+    assert set(tau["p"]) == {1, 2} and len(tau) == 4
+    report = (out / "REPORT.md").read_text()
+    assert "## Claims × lengths" in report and "| T3 |" in report and "[epochs-6](epochs-6/REPORT.md)" in report
+    assert "/tmp/" not in report and "Generated by `python -m figures.tessera runs`" in report
+    for png in ("fig_tessera_length.png", "fig_tessera_length_tau.png"):
+        assert (out / png).stat().st_size > 1000
