@@ -198,6 +198,24 @@ def same_capacity_graph(design: PairDesign, seeds: int) -> list[RunSpec]:
     return pair_specs(design.prefix, design.base, design.input_shape, design.cells(), seeds)
 
 
+def _pair_sparsity(probe: TrainConfig, input_shape: tuple[int, ...], fraction: float) -> float:
+    """The sparsity of a sparse-wide network whose active weights equal a width-``fraction`` dense network's:
+    counted on the meta device (no memory, no init: the 3,076-wide grid builds in seconds), once per
+    architecture."""
+    arch = (probe.model, probe.hidden, probe.depth, probe.batchnorm, probe.skip, probe.activation, input_shape, fraction)
+    if arch not in _SPARSITY:
+        import torch
+
+        with torch.device("meta"):
+            wide = build_for(probe, input_shape, 10)
+            narrow = build_for(probe, input_shape, 10, width=fraction)
+        _SPARSITY[arch] = round(1 - Masks.dense(narrow).numel() / Masks.dense(wide).numel(), 4)
+    return _SPARSITY[arch]
+
+
+_SPARSITY: dict[tuple, float] = {}
+
+
 def pair_specs(prefix: str, base: dict, input_shape: tuple[int, ...], cells: list[dict], seeds: int) -> list[RunSpec]:
     """The dense-narrow / sparse-wide pair of every cell and seed (see :func:`same_capacity_graph`); a cell
     may also set ``lr`` and ``epochs`` (None: the base's)."""
@@ -206,10 +224,7 @@ def pair_specs(prefix: str, base: dict, input_shape: tuple[int, ...], cells: lis
         settings = {**base, **REGULARIZATIONS[cell["regularization"]], "optimizer": cell["optimizer"],
                     "activation": cell["activation"], "depth": cell["depth"]}
         settings.update({k: cell[k] for k in ("lr", "epochs") if cell.get(k) is not None})
-        probe = TrainConfig(**settings)
-        wide = build_for(probe, input_shape, 10)
-        narrow = build_for(probe, input_shape, 10, width=cell["fraction"])
-        sparsity = round(1 - Masks.dense(narrow).numel() / Masks.dense(wide).numel(), 4)
+        sparsity = _pair_sparsity(TrainConfig(**settings), tuple(input_shape), cell["fraction"])
         tag = cell_tag(cell)
         for s in range(seeds):
             dense = TrainConfig(**{**settings, "method": "dense", "width": cell["fraction"], "seed": s})
@@ -288,6 +303,53 @@ TESSERA_LENGTH = LengthDesign(
     base_cell=dict(activation="relu", depth=2, fraction=0.25),
 )
 
+@dataclass(frozen=True)
+class GridDesign:
+    """The full factorial of Tessera et al.'s grid: at every learning rate, depth and dense width (as a
+    fraction of the sparse width), the optimizer x regularization table (ReLU) and the activation x
+    optimizer table (no regularization)."""
+
+    prefix: str
+    base: dict
+    input_shape: tuple[int, ...]
+    optimizers: tuple[str, ...]
+    regularizations: tuple[str, ...]
+    activations: tuple[str, ...]
+    depths: tuple[int, ...]
+    fractions: tuple[float, ...]
+    lrs: tuple[float, ...]
+
+    def cells(self) -> list[dict]:
+        """Every cell once, each with its ``lr``."""
+        out, seen = [], set()
+        for lr in self.lrs:
+            for d in self.depths:
+                for f in self.fractions:
+                    at = dict(depth=d, fraction=f, lr=lr)
+                    table = [dict(at, optimizer=o, regularization=r, activation="relu")
+                             for o in self.optimizers for r in self.regularizations]
+                    table += [dict(at, optimizer=o, regularization="none", activation=a)
+                              for a in self.activations for o in self.optimizers]
+                    for c in table:
+                        key = tuple(sorted(c.items()))
+                        if key not in seen:
+                            seen.add(key)
+                            out.append(c)
+        return out
+
+
+# Tessera et al.'s own grid and protocol, for a GPU cluster (through the suite's SLURM launcher): sparse
+# width 3,076 against dense widths 308-2,768 (0.1-0.9 of it), 1/2/4 hidden layers, 500 epochs, learning
+# rates 0.001 and 0.1, their optimizer, regularization and activation tables. `--dry-run` prints its
+# size and a compute estimate from one step per architecture timed on the present device.
+TESSERA_PAPER = GridDesign(
+    prefix="tpaper",
+    base=dict(TESSERA_FMNIST.base, hidden=3076, epochs=500),
+    input_shape=(1, 28, 28), optimizers=TESSERA_FMNIST.optimizers, regularizations=tuple(REGULARIZATIONS),
+    activations=TESSERA_FMNIST.activations, depths=(1, 2, 4),
+    fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), lrs=(0.001, 0.1),
+)
+
 # Its quick version on digits, for tests and a first look: seconds per run.
 SCSDC_LENGTH = LengthDesign(
     prefix="scsdc-len", base=SCSDC.base, input_shape=(64,), optimizers=("momentum", "adam"),
@@ -314,6 +376,10 @@ PRESETS = {
     "tessera-length": ("tessera-fmnist's SGD/momentum/Adam/RMSProp x {none, bn} pairs at 2, 8 and 32 epochs, "
                        "Swish/PReLU and learning rate 0.1 at 32 (needs make data)",
                        lambda n: length_graph(TESSERA_LENGTH, n), 8),
+    "tessera-paper": ("Tessera et al.'s full grid and protocol (sparse width 3,076, dense 308-2,768, 1/2/4 layers, "
+                      "500 epochs, lr 0.001 and 0.1): for a GPU cluster; --dry-run estimates its compute",
+                      lambda n: pair_specs(TESSERA_PAPER.prefix, TESSERA_PAPER.base, TESSERA_PAPER.input_shape,
+                                           TESSERA_PAPER.cells(), n), 5),
     "stability": ("stability to SGD noise (Frankle et al. 2020): LeNet-5 lottery tickets and dense networks "
                   "rewound to steps 0-500 of one parent, 2 data orders each (--seeds = copies)",
                   lambda n: stability_graph(_STABILITY, n), 2),

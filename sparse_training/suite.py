@@ -28,6 +28,7 @@ from .rundir import RunDir
 from .trainer import check_output_dir, validate
 
 LAUNCHERS = ("local", "submitit")
+ESTIMATED = ("tessera-paper",)  # presets whose --dry-run always prints the compute estimate
 
 
 def config_to_argv(cfg: TrainConfig) -> list[str]:
@@ -342,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="change a training setting of every run, e.g. --set dataset=fashion-mnist "
                              "--set epochs=30 (repeatable; run ids follow the settings)")
-    parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their count, and exit")
+    parser.add_argument("--estimate", action="store_true",
+                        help="with --dry-run: estimate the compute from one step per architecture timed on --device "
+                             f"(always on for {', '.join(ESTIMATED)})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -355,8 +359,19 @@ def main(argv: list[str] | None = None) -> int:
         for s in specs:
             validate(s.config)
         check_existing_runs(specs, Path(args.out))
-        for s in specs:
+        listed = specs if len(specs) <= 1000 else specs[:5]
+        for s in listed:
             print(s.run_id + (f"  <- {s.parent}" if s.parent else ""))
+        if len(listed) < len(specs):
+            print(f"... ({len(specs) - len(listed):,} more)")
+        print(f"{args.preset}: {len(specs):,} runs")
+        if args.estimate or args.preset in ESTIMATED:
+            from .estimate import estimate, summary
+            from .trainer import select_device
+
+            _init_worker(args.threads)
+            device = select_device(args.device)
+            print(summary(estimate([s.config for s in specs], device, progress=not args.quiet), device))
         return 0
     t0 = time.time()
     results = run_suite(specs, args.out, args.jobs, args.launcher, args.device, args.threads, args.quiet,

@@ -193,7 +193,7 @@ def test_suite_help(capsys):
 def test_dry_run_lists_runs(capsys, tmp_path: Path):
     assert main(["--preset", "paper-lenet5", "--seeds", "2", "--dry-run", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 + 5 * 2 + 2
+    assert len(lines) == 2 + 5 * 2 + 2 + 1 and lines[-1] == "paper-lenet5: 14 runs"
 
 
 def test_set_overrides_every_run_and_renames_ids():
