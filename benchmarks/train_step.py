@@ -7,10 +7,13 @@ with the model's max-pools (``MaxPool2x2``: values only under inference mode on 
 same model with ``nn.MaxPool2d``, interleaved (goal <= 0.6x on CPU); and a LeNet-5 training step on
 MNIST with the fused ReLU + max-pool the trainer uses (``models.fused_relu_pools``) against the plain
 modules, interleaved from the same weights, on 1 torch thread (as the suite's workers run; goal <= 0.9)
-and on 2, with a check that both end on the same bits (CPU only); and the trainer over a steady-state
-``evci-lenet5`` window with ``--sparse-kernels`` against the dense convolutions on 1 thread (goal <= 0.75).
+and on 2, with a check that both end on the same bits (CPU only); the trainer over a steady-state
+``evci-lenet5`` window with ``--sparse-kernels`` against the dense convolutions on 1 thread (goal <= 0.75);
+and (section ``mlp``) the trainer's step for both networks of a ``tessera-length`` pair against a bare PyTorch
+loop of the same model and batches, on 1 thread (goal <= 1.2), and the whole 32-epoch run with its rows.
 
     python -m benchmarks.train_step [--device cpu|cuda] [--repeats 5] [--steps 50] [--data-dir data]
+                                    [--sections lenet5,pools,fused,evci,kernels,mlp]
 """
 from __future__ import annotations
 
@@ -273,6 +276,75 @@ def time_fused_pools(data, device, sync, repeats: int, steps: int, batch: int) -
     print(f"{'same end weights, bit for bit':<40}{str(same):>12}")
 
 
+def tessera_config(data_dir, network: str, optimizer: str = "momentum"):
+    """The tessera-length 32-epoch pair's ``network`` run ('sparse-wide' or 'dense-narrow') at ReLU, no
+    regularization, and a note on its data: full Fashion-MNIST, or the embedded MNIST subset where
+    ``data_dir`` lacks it (same input shape; the step does the same work)."""
+    import dataclasses
+
+    from sparse_training.data import require_full_dataset
+    from sparse_training.errors import UserError
+    from sparse_training.presets import preset_runs
+
+    cfg = next(s.config for s in preset_runs("tessera-length", 1)
+               if s.run_id == f"tlen-{optimizer}-none-relu-d2-w0.25-e32-{network}-seed0")
+    try:
+        require_full_dataset("fashion-mnist", data_dir)
+        return cfg, "full Fashion-MNIST"
+    except UserError:
+        return dataclasses.replace(cfg, dataset="mnist", full_data=False), "embedded MNIST subset (no full data)"
+
+
+def tessera_overhead(args, device, sync, rounds: int = 3) -> None:
+    """The trainer vs a bare PyTorch loop for both networks of a tessera-length 32-epoch pair, on one torch
+    thread as the suite's workers run: a steady-state window (a checkpoint, no metrics row) alternating
+    bare / trainer, medians; then the whole run weighted with its 11 metrics rows, each timed."""
+    import tempfile
+
+    from sparse_training.trainer import setup_run
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    n, start = args.mlp_steps, 100
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for network in ("sparse-wide", "dense-narrow"):
+                cfg, note = tessera_config(args.data_dir, network)
+                bare, trainer_t, rows = [], [], []
+                for r in range(rounds):
+                    def make(rid: str, r: int = r, cfg=cfg, network: str = network):
+                        return setup_run(cfg, tmp, run_id=f"{network}-{rid}{r}", device=str(device),
+                                         data_dir=args.data_dir, quiet=True)
+
+                    bare.append(bare_loop(make("bare"), start, n, sync))
+                    t = make("trainer")
+                    total = t.total
+                    trainer_t.append(trainer_window(t, start, n, sync)[0])
+                    t0 = time.perf_counter()
+                    t.log()
+                    rows.append(time.perf_counter() - t0)
+                results[network] = (statistics.median(bare), statistics.median(trainer_t), statistics.median(rows),
+                                    total, cfg)
+    finally:
+        torch.set_num_threads(before)
+    print(f"\ntessera-length pair (momentum, ReLU, 2 hidden layers, sparse width {cfg.hidden}, dense 0.25 x) on "
+          f"{note}, batch {cfg.batch_size}, 1 thread, steps {start}-{start + n} (a checkpoint, no row), median of "
+          f"{rounds} alternating rounds; whole run = {total:,} steps + 11 rows")
+    print(f"{'measure':<48}{'bare ms':>9}{'trainer ms':>11}{'ratio':>8}{'goal':>8}  verdict")
+    for network, (bare, trainer_t, row, total, _) in results.items():
+        ratio = trainer_t / bare
+        print(f"{network + ', per step':<48}{1e3 * bare / n:>9.3f}{1e3 * trainer_t / n:>11.3f}{ratio:>8.3f}"
+              f"{'<= 1.2':>8}  {'PASS' if ratio <= 1.2 else 'MISS'}")
+        whole = (trainer_t / n * total + 11 * row) / (bare / n * total)
+        print(f"{network + ', whole run with its 11 rows':<48}{'':>9}{'':>11}{whole:>8.3f}{'<= 1.2':>8}  "
+              f"{'PASS' if whole <= 1.2 else 'MISS'}")
+        print(f"{network + ', one metrics row (s)':<48}{row:>9.3f}")
+
+
+SECTIONS = ("lenet5", "pools", "fused", "evci", "kernels", "mlp")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -282,9 +354,34 @@ def main(argv=None) -> int:
     parser.add_argument("--sparsity", type=float, default=0.95)
     parser.add_argument("--data-dir", default=None, help="data directory with full MNIST (or $SPARSE_DATA)")
     parser.add_argument("--evci-steps", type=int, default=1000, help="steps of the trainer-vs-bare-loop comparison")
+    parser.add_argument("--mlp-steps", type=int, default=469,
+                        help="steps of the tessera-length pair's trainer-vs-bare-loop window (469: one epoch)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, of {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    if sections - set(SECTIONS):
+        parser.error(f"unknown section(s) {', '.join(sorted(sections - set(SECTIONS)))}; choose from {', '.join(SECTIONS)}")
     device = select_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if "lenet5" in sections:
+        lenet5_step(args, device, sync)
+    full = load_dataset("mnist", args.data_dir) if sections & {"pools", "fused"} else None
+    if "pools" in sections:
+        time_test_pass_pools(full, device, sync, args.repeats)
+    if "fused" in sections:
+        time_fused_pools(full, device, sync, args.repeats, 2 * args.steps, args.batch_size)
+    if "evci" in sections:
+        evci_overhead(args, device, sync)
+    if "kernels" in sections:
+        time_sparse_kernels(args, device, sync)
+    if "mlp" in sections:
+        tessera_overhead(args, device, sync)
+    return 0
+
+
+def lenet5_step(args, device, sync) -> None:
+    """Masked-sparse vs dense LeNet-5 step on the embedded MNIST, interleaved."""
     data = load_dataset("mnist")
     x, y = data.x_train.to(device), data.y_train.to(device)
     runners = {}
@@ -310,12 +407,6 @@ def main(argv=None) -> int:
     print(f"{'sparse / dense step time':<40}{ratio:>12.3f}{'<= 1.15':>10}  {'PASS' if ratio <= 1.15 else 'MISS'}")
     print(f"{'s per epoch, dense (4,000 images)':<40}{dense * epoch_steps:>12.2f}")
     print(f"{'s per epoch, sparse (4,000 images)':<40}{sparse * epoch_steps:>12.2f}")
-    full = load_dataset("mnist", args.data_dir)
-    time_test_pass_pools(full, device, sync, args.repeats)
-    time_fused_pools(full, device, sync, args.repeats, 2 * args.steps, args.batch_size)
-    evci_overhead(args, device, sync)
-    time_sparse_kernels(args, device, sync)
-    return 0
 
 
 if __name__ == "__main__":
