@@ -165,8 +165,8 @@ def markdown(analysis_dir: Path, figures_dir: Path, setting: str | None = None, 
     """
     analysis_dir, figures_dir = Path(analysis_dir), Path(figures_dir)
     lines = ["## Beyond the paper" + (f": {setting}" if setting else ""), "",
-             "Geometry questions the paper leaves open, answered on the same runs (see the README's *Beyond the "
-             "paper* section for the methods).", ""]
+             "Geometry questions the paper leaves open, answered on the same runs (the methods: the user guide's "
+             "analyses page, docs/guide/analyses.md).", ""]
     items = [
         ("plane", "Loss on the plane through the lottery ticket, scratch and pruning solutions (Li et al. 2018; "
                   "Garipov et al. 2018)", ("plane.csv", "plane_points.csv"),

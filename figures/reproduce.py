@@ -128,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         DOCS.mkdir(exist_ok=True)  # the README's figures
         for png in figures.glob("*.png"):
             shutil.copyfile(png, DOCS / png.name)
-        for table in ("table1_ensemble.md", "table1_vs_paper.md"):
-            shutil.copyfile(figures / table, DOCS / table)
-        shutil.copyfile(figures / "REPORT.md", DOCS / "REPORT.md")
+        for table in figures.glob("*.md"):  # REPORT.md and every table it links to
+            shutil.copyfile(table, DOCS / table.name)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s. Report: {figures / 'REPORT.md'}")
     return 0
 
