@@ -65,13 +65,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from analysis.cli import analysis_parser, write_outputs
 from analysis.interpolate import alpha_grid, split_data
 from analysis.manifest import resolve_callable
 from analysis.plotting import method_color, method_rank, new_figure, order_methods, save_figure
 from analysis.runs import (
     Run,
     RunSource,
-    add_common_args,
     check_same_architecture,
     family_solution,
     output_dir,
@@ -84,7 +84,6 @@ from landscape.curves import barrier_above_chord, barrier_max_minus_mean
 from landscape.interpolate import interpolate
 from landscape.params import ParamSpace, is_buffer_name
 from sparse_training.errors import UserError, cli_entry
-from sparse_training.io import atomic_write_csv
 from sparse_training.models import MLP, MNIST1DCNN, VGG16, LeNet5, ResNet18
 
 DEFAULT_METHODS = ("prune", "lottery", "scratch")
@@ -414,14 +413,11 @@ def plot_align(curves: pd.DataFrame, path, split: str) -> list:
 # --- CLI --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m analysis.align``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m analysis.align",
-        description="Loss and error barriers on the straight line from each run's end to its pruning solution, "
-                    "before and after permuting the run's units (weights and mask together) to match the solution "
-                    "by weight matching (Ainsworth et al. 2022); by default for lottery, scratch and the prune runs "
-                    "of other seeds.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_common_args(parser)
+    parser = analysis_parser(
+        "align", "Loss and error barriers on the straight line from each run's end to its pruning solution, "
+                 "before and after permuting the run's units (weights and mask together) to match the solution "
+                 "by weight matching (Ainsworth et al. 2022); by default for lottery, scratch and the prune runs "
+                 "of other seeds.")
     parser.add_argument("--split", default="train", choices=("train", "test"), help="data the loss is measured on")
     parser.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES,
                         help="a fixed subset of this many examples of the split (the trainer's metrics batch)")
@@ -442,19 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the alignment CLI; returns 0 (bad input exits with code 2)."""
     args = build_parser().parse_args(argv)
     summary, curves = compute(args)
-    out = output_dir(args)
-    atomic_write_csv(out / "align.csv", summary)
-    atomic_write_csv(out / "align_curves.csv", curves)
-    written = [out / "align.csv", out / "align_curves.csv"]
-    written += plot_align(curves, out / "align.png", args.split)
-    print(f"barriers to the pruning solution before and after weight matching ({args.split} split; mean over seeds):")
-    print(before_after(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    lines = [f"barriers to the pruning solution before and after weight matching ({args.split} split; mean over seeds):",
+             before_after(summary).to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     untrained = sorted(set(summary.loc[summary["did_not_train"].astype(bool), "run_id"]))
     if untrained:
-        print(f"left out of the means (did not train: final training accuracy within 5 points of chance): "
-              f"{', '.join(untrained)}")
-    for path in written:
-        print(f"wrote {path}")
+        lines.append(f"left out of the means (did not train: final training accuracy within 5 points of chance): "
+                     f"{', '.join(untrained)}")
+    write_outputs(output_dir(args), {"align.csv": summary, "align_curves.csv": curves},
+                  figures={"align.png": lambda path: plot_align(curves, path, args.split)}, report="\n".join(lines))
     return 0
 
 
