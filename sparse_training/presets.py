@@ -169,14 +169,19 @@ class PairDesign:
         out = [dict(b, optimizer=o, regularization=r) for o in self.optimizers for r in self.regularizations]
         out += [dict(b, optimizer=o, activation=a) for a in self.activations for o in self.optimizers]
         out += [dict(b, depth=d, fraction=f) for d in self.depths for f in self.fractions]
-        seen: set[tuple] = set()
-        unique = []
-        for c in out:
-            key = tuple(sorted(c.items()))
-            if key not in seen:
-                seen.add(key)
-                unique.append(c)
-        return unique
+        return unique_cells(out)
+
+
+def unique_cells(cells: list[dict]) -> list[dict]:
+    """``cells`` in order, each cell once (tables of a design may share cells)."""
+    seen: set[tuple] = set()
+    unique = []
+    for c in cells:
+        key = tuple(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique
 
 
 def cell_tag(cell: dict) -> str:
@@ -303,6 +308,7 @@ TESSERA_LENGTH = LengthDesign(
     base_cell=dict(activation="relu", depth=2, fraction=0.25),
 )
 
+
 @dataclass(frozen=True)
 class GridDesign:
     """The full factorial of Tessera et al.'s grid: at every learning rate, depth and dense width (as a
@@ -321,21 +327,16 @@ class GridDesign:
 
     def cells(self) -> list[dict]:
         """Every cell once, each with its ``lr``."""
-        out, seen = [], set()
+        out = []
         for lr in self.lrs:
             for d in self.depths:
                 for f in self.fractions:
                     at = dict(depth=d, fraction=f, lr=lr)
-                    table = [dict(at, optimizer=o, regularization=r, activation="relu")
-                             for o in self.optimizers for r in self.regularizations]
-                    table += [dict(at, optimizer=o, regularization="none", activation=a)
-                              for a in self.activations for o in self.optimizers]
-                    for c in table:
-                        key = tuple(sorted(c.items()))
-                        if key not in seen:
-                            seen.add(key)
-                            out.append(c)
-        return out
+                    out += [dict(at, optimizer=o, regularization=r, activation="relu")
+                            for o in self.optimizers for r in self.regularizations]
+                    out += [dict(at, optimizer=o, regularization="none", activation=a)
+                            for a in self.activations for o in self.optimizers]
+        return unique_cells(out)
 
 
 # Tessera et al.'s own grid and protocol, for a GPU cluster (through the suite's SLURM launcher): sparse
