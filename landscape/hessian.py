@@ -191,12 +191,14 @@ class HessianOperator(SymmetricOperator):
             dataset are kept, roughly three times the activations; when the first chunk shows that
             they would exceed ``cache_bytes`` (or half the free CUDA memory), or tracing fails,
             products are recomputed in full instead. ``cache_info`` tells what happened.
-            When it is built, the cache checks itself: the product it is built at (a Lanczos or
-            probe vector, effectively random) is computed directly and with the cache, and the two
-            must agree to ``10 sqrt(eps)`` relative; if not (e.g. a branch that tracing baked in
-            from the first chunk of a shape), it switches itself off with a ``RuntimeWarning`` and
-            ``cache_info`` says why. Any other reason to stay off (tracing fails on data-dependent
-            control flow, the memory budget) also warns.
+            When it is built, the cache checks itself: the previous product (a Lanczos or probe
+            vector, effectively random), computed directly, is computed again with the cache, and
+            the two must agree to ``10 sqrt(eps)`` relative; if not (e.g. a branch that tracing
+            baked in from the first chunk of a shape), it switches itself off with a
+            ``RuntimeWarning`` and ``cache_info`` says why. The product it is built at is then
+            computed with the cache: building costs the tracing, the folding and one cached
+            product, no direct product beyond the first. Any other reason to stay off (tracing
+            fails on data-dependent control flow, the memory budget) also warns.
         cache_bytes: memory budget of that cache.
         distributed: sum over the ranks of the initialized ``torch.distributed`` process group
             (each rank gives its shard of the data; products, gradient and loss are all-reduced
@@ -301,6 +303,7 @@ class HessianOperator(SymmetricOperator):
         self._variables = {n: variables[n] for n in self.space.names}
         self._constants = constants
         self._folded = None  # the cached graphs hold the old point as constants
+        self._reference: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
         self._products_here = 0
         if self._cache_wanted:
             self.cache_info = "not built yet"
@@ -363,16 +366,21 @@ class HessianOperator(SymmetricOperator):
         total = torch.zeros_like(v)
         with train_mode(self.model, False), torch.no_grad():
             self._products_here += 1
+            if (
+                self._folded is None
+                and self._reference is not None
+                and self.method == "forward-over-reverse"
+                and self._products_here >= _CACHE_AFTER
+            ):
+                self._build_cache(*self._reference)
+                self._reference = None
             if self._folded is not None:
                 self._cached_product(self._folded, tangent, total)
             else:
                 self._direct_product(tangent, total)
-                if (
-                    self.cache_info == "not built yet"
-                    and self.method == "forward-over-reverse"
-                    and self._products_here >= _CACHE_AFTER
-                ):
-                    self._build_cache(tangent, total)
+                if self.cache_info == "not built yet" and self.method == "forward-over-reverse":
+                    # kept to check the cache against when it is built (copies: the caller owns v)
+                    self._reference = (self.space.from_vector(v.clone()), total.clone())
         return all_reduce_sum(total, self.distributed)
 
     def _cached_product(self, folded: list, tangent: dict[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
@@ -462,7 +470,7 @@ class HessianOperator(SymmetricOperator):
         return budget
 
     def _build_cache(self, tangent: dict[str, torch.Tensor], direct: torch.Tensor) -> None:
-        """Trace and fold every chunk's product; keep it if it reproduces ``direct`` (of ``tangent``)."""
+        """Trace and fold every chunk's product; keep it if it reproduces ``direct`` (this rank's product of ``tangent``)."""
         templates: dict[tuple, object] = {}
         folded = []
         used = 0

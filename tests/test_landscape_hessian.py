@@ -254,3 +254,73 @@ def test_cache_checks_itself_against_direct_products():
         hv = op1.matvec(v)
     assert op1.cache_info.startswith("on")
     assert torch.allclose(hv, H @ v, rtol=1e-10, atol=1e-12)
+
+
+def test_cache_is_built_without_a_second_direct_product(problem):
+    """The cache is checked on the first product's vector, so only that product is computed directly."""
+    model, masks, data, H = problem
+    op = HessianOperator(model, F.cross_entropy, data, masks, dtype=torch.float64, chunk_size=64)
+    direct = []
+    plain = op._direct_product
+    op._direct_product = lambda tangent, total: (direct.append(1), plain(tangent, total))[1]
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(4):
+        v = torch.randn(op.size, generator=gen, dtype=torch.float64)
+        assert torch.allclose(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert len(direct) == 1 and op.cache_info.startswith("on")
+
+def _masked_tiny_convnet():
+    """A conv-tanh-maxpool-linear net on 8x8 images (157 parameters), weights zeroed off 50% masks."""
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(27, 4), nn.Tanh(), nn.Linear(4, 3),
+    )
+    masks = {n: torch.rand(p.shape, generator=gen) < 0.5 for n, p in model.named_parameters() if p.dim() > 1}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    x = torch.randn(24, 1, 8, 8, generator=gen)
+    return model, masks, (x, torch.randint(0, 3, (24,), generator=gen))
+
+
+def _flat_hessian(model, data) -> torch.Tensor:
+    """Hessian of the mean loss w.r.t. all parameters concatenated, by torch.autograd.functional.hessian."""
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    x, y = data
+
+    def loss(w):
+        parts = torch.split(w, [p.numel() for p in params])
+        tensors = {n: t.view(p.shape) for n, t, p in zip(names, parts, params)}
+        return F.cross_entropy(torch.func.functional_call(model, tensors, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, torch.cat([p.reshape(-1) for p in params]))
+
+
+@pytest.mark.parametrize("build", [masked_mlp, _masked_tiny_convnet])
+@pytest.mark.parametrize("cache", [True, False])
+def test_active_subspace_hvp_is_the_full_hvp_restricted_to_active_coordinates(build, cache):
+    model, masks, (x, y) = build()
+    model, data = model.double(), (x.double(), y)
+    H = _flat_hessian(model, data)  # an oracle that shares no code with ParamSpace or the operator
+    active = torch.cat([
+        (masks[n] if n in masks else torch.ones_like(p, dtype=torch.bool)).reshape(-1)
+        for n, p in model.named_parameters()
+    ]).nonzero().reshape(-1)
+    kw = dict(dtype=torch.float64, chunk_size=10, cache=cache)  # chunks of two shapes
+    sub = HessianOperator(model, F.cross_entropy, data, masks, **kw)
+    full = HessianOperator(model, F.cross_entropy, data, None, **kw)
+    assert sub.size == active.numel() < full.size == H.shape[0]
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):  # the cache is built at the second product and used at the third
+        v = torch.randn(sub.size, generator=gen, dtype=torch.float64)
+        padded = torch.zeros(full.size, dtype=torch.float64).index_copy(0, active, v)
+        hv = sub.matvec(v)
+        assert torch.allclose(hv, H[active][:, active] @ v, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(full.matvec(padded), H @ padded, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(hv, full.matvec(padded)[active], rtol=1e-10, atol=1e-12)
+    if cache:
+        assert sub.cache_info.startswith("on") and full.cache_info.startswith("on")
