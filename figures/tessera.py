@@ -521,13 +521,12 @@ def length_dir(epochs: float) -> str:
 
 
 def other_lr_table(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Cell tests of the optimizers trained at another learning rate than their default, beside the same
-    cells at the default rate (same length), grouped by optimizer, regularization, epochs and lr."""
-    other = pairs[~pairs["lr_default"]]
-    cells = other[["optimizer", "regularization", "activation", "depth", "fraction", "epochs"]].drop_duplicates()
-    both = pairs.merge(cells, on=list(cells.columns))
-    return cell_tests(both.sort_values(["optimizer", "regularization", "lr"]), ["optimizer", "regularization", "epochs",
-                                                                               "lr"])
+    """Cell tests of every cell (at one length) trained at more than one learning rate, a row per rate, by
+    optimizer, regularization, epochs and lr: how the rate changes sparse − dense."""
+    keys = ["optimizer", "regularization", "activation", "depth", "fraction", "epochs"]
+    both = pairs[pairs.groupby(keys)["lr"].transform("nunique") > 1]
+    return cell_tests(both.sort_values(["optimizer", "regularization", "epochs", "lr"]),
+                      ["optimizer", "regularization", "epochs", "lr"])
 
 
 def claims_matrix(by_length: dict) -> pd.DataFrame:
@@ -633,15 +632,17 @@ def fig_length_tau(table: pd.DataFrame, path: Path) -> list[Path]:
     return save_figure(fig, path)
 
 
-def write_length_study(out: Path, shown: str, runs: pd.DataFrame, pairs: pd.DataFrame, by_length: dict) -> None:
-    """The length axis: tables, figures, ``claims_by_length.csv`` and REPORT.md over the per-length studies."""
-    main_pairs = pairs[pairs["lr_default"]]
+def write_length_study(out: Path, shown: str, runs: pd.DataFrame, pairs: pd.DataFrame, by_length: dict,
+                       studied: pd.Series) -> None:
+    """The length axis: tables, figures, ``claims_by_length.csv`` and REPORT.md over the per-length studies
+    (``studied``: the pairs at the learning rate the claims are judged at)."""
+    main_pairs = pairs[studied]
     base = base_cell(main_pairs)
     table = cell_tests(slice_of(main_pairs, base, ("optimizer", "regularization")),
                        ["optimizer", "regularization", "epochs"])
     claims = length_claims(by_length)
     taus = tau_table(claims)
-    other = other_lr_table(pairs) if (~pairs["lr_default"]).any() else pd.DataFrame()
+    other = other_lr_table(pairs) if (~studied).any() else pd.DataFrame()
     files = {"tessera_runs.csv": runs.drop(columns="pair_key"), "tessera_pairs.csv": pairs.drop(columns="pair_key"),
              "tessera_length.csv": table, "tessera_length_tau.csv": taus, "claims_by_length.csv": claims}
     if len(other):
@@ -694,8 +695,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: <runs>/_figures/tessera)")
     p.add_argument("--n-boot", type=int, default=engine.N_BOOT,
                    help="bootstrap resamples of the correlations and of claims T4a/T4b")
+    p.add_argument("--lr", type=_lr_choice, default="default",
+                   help="the learning rate the claims are judged at: 'default' (each optimizer at its own default; "
+                        "the presets' choice) or a number (every optimizer at that rate, e.g. 0.001 for tessera-paper); "
+                        "pairs at other rates go to tessera_other_lr.csv")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _lr_choice(text: str):
+    if text == "default":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'default' or a positive number, not '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a learning rate must be positive, not {text}")
+    return value
 
 
 def write_study(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, pairs: pd.DataFrame, out: Path,
@@ -739,16 +756,19 @@ def main(argv: list[str] | None = None) -> int:
     pairs = pair_table(runs)
     paired = set(pairs["run_id_dense"]) | set(pairs["run_id_sparse"])  # a run without its partner stays out
     runs, curves = runs[runs["run_id"].isin(paired)], curves[curves["run_id"].isin(paired)]
+    studied = pairs["lr_default"] if args.lr == "default" else pd.Series(np.isclose(pairs["lr"], args.lr), pairs.index)
+    main_pairs = pairs[studied]  # the claims: each optimizer at its default learning rate, or all at --lr
+    other_lr = pairs[~studied]
+    if main_pairs.empty:
+        rates = ", ".join(f"{v:g}" for v in sorted(pairs["lr"].unique()))
+        wanted = "the optimizers' default learning rates" if args.lr == "default" else f"learning rate {args.lr:g}"
+        raise UserError(f"{root} holds no pairs at {wanted}; its pairs were trained at {rates} (choose one with --lr).")
     out = Path(args.out) if args.out else root / "_figures" / "tessera"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write to {out} ({exc.strerror or exc}).") from None
     shown = shown_path(root)
-    main_pairs = pairs[pairs["lr_default"]]  # the claims: each optimizer at its default learning rate
-    other_lr = pairs[~pairs["lr_default"]]
-    if main_pairs.empty:
-        raise UserError(f"{root} holds no pairs at the optimizers' default learning rates; the claims need them.")
     lengths = sorted(main_pairs["epochs"].unique())
     if len(lengths) == 1:
         keep = set(main_pairs["run_id_dense"]) | set(main_pairs["run_id_sparse"])
@@ -768,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = set(sub["run_id_dense"]) | set(sub["run_id_sparse"])
         by_length[epochs] = write_study(root, runs[runs["run_id"].isin(keep)], curves[curves["run_id"].isin(keep)],
                                         sub, out / length_dir(epochs), args.n_boot, shown)
-    write_length_study(out, shown, runs, pairs, by_length)
+    write_length_study(out, shown, runs, pairs, by_length, studied)
     print(f"wrote a study per length ({', '.join(length_dir(e) for e in lengths)}), the length tables and figures, "
           f"claims_by_length.csv and REPORT.md to {out}")
     matrix = claims_matrix(by_length)

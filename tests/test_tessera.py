@@ -448,3 +448,22 @@ def test_tessera_paper_dry_run_prints_size_and_estimate(capsys, tmp_path, monkey
     line = next(x for x in out.splitlines() if x.startswith("compute estimate on cpu"))
     assert f"{n:,} runs, {n * 500 * 469:,} training steps" in line and "device-hours" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_figures_tessera_lr_picks_the_studied_rate(length_runs, tmp_path, capsys):
+    """--lr 0.1 judges the claims on the pairs at 0.1 (scsdc-length: Adam at 6 epochs only); a rate no pair has
+    is one sentence and exit 2, nothing written."""
+    from figures import tessera
+
+    out = tmp_path / "fig"
+    assert tessera.main([str(length_runs), "--out", str(out), "--quiet", "--n-boot", "200", "--lr", "0.1"]) == 0
+    pairs = pd.read_csv(out / "tessera_pairs.csv")
+    other = pd.read_csv(out / "tessera_other_lr.csv")  # the default-rate pairs of the same cells
+    assert set(pairs["lr"]) == {0.1} and set(pairs["optimizer"]) == {"adam"} and set(other["lr"]) == {0.001, 0.1}
+    assert pd.read_csv(out / "claims.csv")["n"].max() <= 2 * 2  # two cells (none, bn) x 2 seeds at most
+    bad = tmp_path / "bad"
+    with pytest.raises(SystemExit) as exc:
+        tessera.main([str(length_runs), "--out", str(bad), "--quiet", "--lr", "0.5"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "learning rate 0.5" in err and "--lr" in err
+    assert not bad.exists()
