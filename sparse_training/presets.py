@@ -296,15 +296,15 @@ def length_graph(design: LengthDesign, seeds: int) -> list[RunSpec]:
     return pair_specs(design.prefix, design.base, design.input_shape, design.cells(), seeds)
 
 
-# SC-SDC verdicts against training length on full Fashion-MNIST, sized for about an hour of 2 idle cores
-# (README: "Tessera et al. at longer training"). Width 128, not tessera-fmnist's 256: the 32-epoch
-# cells at 8 seeds would not fit otherwise (the runs' cost is about proportional to the wide layers).
+# SC-SDC verdicts against training length on full Fashion-MNIST, sized for under 90 minutes of 2 idle cores
+# (docs/guide/reproducing.md: "Tessera et al. at longer training"). Width 128, not tessera-fmnist's 256: the
+# 32-epoch cells at 8 seeds would not fit otherwise (a run's cost is about proportional to its wide layers).
 TESSERA_LENGTH = LengthDesign(
     prefix="tlen",
     base=dict(TESSERA_FMNIST.base, hidden=128),
     input_shape=(1, 28, 28), optimizers=("sgd", "momentum", "adam", "rmsprop"), regularizations=("none", "bn"),
     lengths=(2, 8, 32), activations=("swish", "prelu"), activation_optimizers=("momentum", "adam"),
-    other_lrs={},  # Adam/RMSProp at 0.1 (the paper's other rate) left out: 22% more compute than fits the budget
+    other_lrs={"adam": 0.1, "rmsprop": 0.1},  # the paper's other rate, for the EWMA optimizers only
     base_cell=dict(activation="relu", depth=2, fraction=0.25),
 )
 
@@ -375,7 +375,7 @@ PRESETS = {
     "scsdc-length": ("quick version of tessera-length on digits: momentum/Adam x {none, bn} pairs at 2 and 6 epochs",
                      lambda n: length_graph(SCSDC_LENGTH, n), 5),
     "tessera-length": ("tessera-fmnist's SGD/momentum/Adam/RMSProp x {none, bn} pairs at 2, 8 and 32 epochs, "
-                       "Swish/PReLU for momentum/Adam at 32, width 128 (needs make data)",
+                       "Swish/PReLU for momentum/Adam and Adam/RMSProp at lr 0.1 at 32, width 128 (needs make data)",
                        lambda n: length_graph(TESSERA_LENGTH, n), 8),
     "tessera-paper": ("Tessera et al.'s full grid and protocol (sparse width 3,076, dense 308-2,768, 1/2/4 layers, "
                       "500 epochs, lr 0.001 and 0.1): for a GPU cluster; --dry-run estimates its compute",

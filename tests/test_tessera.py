@@ -312,7 +312,7 @@ def test_tessera_length_preset_layout():
                     for e in (2, 8, 32)}
     extra = {(c.optimizer, c.activation, c.epochs) for c in cfgs if c.activation != "relu"}
     assert extra == {(o, a, 32) for o in ("momentum", "adam") for a in ("swish", "prelu")}
-    assert all(c.lr is None for c in cfgs)  # each optimizer at its default rate (the 0.1 cells are left out)
+    assert {(c.optimizer, c.lr, c.epochs) for c in cfgs if c.lr is not None} == {("adam", 0.1, 32), ("rmsprop", 0.1, 32)}
     for dense, sparse in zip(specs[::2], specs[1::2]):  # pairs: same settings and seed, one dense, one sparse
         assert dense.config.method == "dense" and sparse.config.match_width == dense.config.width == 0.25
         assert (dense.config.seed, dense.config.epochs, dense.config.lr) == \
