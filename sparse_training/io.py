@@ -17,8 +17,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
     """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename.
 
     A killed process leaves either the old file or the new one, never a torn one. ``mode`` sets the
-    file's permissions (the temp file is created private, 0o600).
+    file's permissions; by default those of a file opened for writing (0o666 less the umask, so
+    collaborators can read a shared runs directory), not the temp file's private 0o600.
     """
+    if mode is None:
+        mode = 0o666 & ~_umask()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,8 +29,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            if mode is not None:
-                os.fchmod(fh.fileno(), mode)
+            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -44,6 +46,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
             os.close(dfd)
     except OSError:
         pass
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -211,3 +211,19 @@ def test_data_fetch_still_runs_as_a_module(tmp_path):
     done = subprocess.run([sys.executable, "-m", "sparse_training.data", "fetch", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--data-dir" in done.stdout
+
+
+def test_written_files_are_readable_by_the_group_as_with_open(tmp_path):
+    """Atomic writes go through a private temp file; the result gets the permissions plain open() would give."""
+    import os
+
+    from sparse_training.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.csv", "x\n")
+        with open(tmp_path / "b.csv", "w") as fh:
+            fh.write("x\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o644
