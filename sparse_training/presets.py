@@ -146,12 +146,10 @@ REGULARIZATIONS: dict[str, dict] = {
 
 
 @dataclass(frozen=True)
-class PairDesign:
-    """Which same-capacity cells a preset trains: Tessera et al.'s optimizer x regularization table,
-    the activation x optimizer table and a depth x capacity sweep, each around one base cell.
-
-    ``fractions`` are dense widths as a fraction of the sparse-wide width (``hidden``).
-    """
+class Design:
+    """What every same-capacity design names: its run-id prefix, the settings all its runs share (``base``),
+    the input shape, and the optimizers, regularizations (keys of ``REGULARIZATIONS``) and activations it
+    varies. Its :meth:`cells` say which pairs it trains (:func:`pair_specs`)."""
 
     prefix: str
     base: dict
@@ -159,6 +157,23 @@ class PairDesign:
     optimizers: tuple[str, ...]
     regularizations: tuple[str, ...]
     activations: tuple[str, ...]
+
+    def cells(self) -> list[dict]:
+        raise NotImplementedError
+
+    def graph(self, seeds: int) -> list[RunSpec]:
+        """A dense-narrow / sparse-wide pair per cell and seed."""
+        return pair_specs(self.prefix, self.base, self.input_shape, self.cells(), seeds)
+
+
+@dataclass(frozen=True)
+class PairDesign(Design):
+    """Which same-capacity cells a preset trains: Tessera et al.'s optimizer x regularization table,
+    the activation x optimizer table and a depth x capacity sweep, each around one base cell.
+
+    ``fractions`` are dense widths as a fraction of the sparse-wide width (``hidden``).
+    """
+
     depths: tuple[int, ...]
     fractions: tuple[float, ...]
     base_cell: dict  # optimizer, regularization, activation, depth, fraction of the base cell
@@ -263,18 +278,12 @@ TESSERA_FMNIST = PairDesign(
 
 
 @dataclass(frozen=True)
-class LengthDesign:
+class LengthDesign(Design):
     """SC-SDC pairs at a ladder of training lengths: the optimizer x regularization cells at every length,
     and at the longest one the extra activations (for ``activation_optimizers``, without regularization)
     and the other learning rates (``other_lrs``: optimizer -> learning rate, every regularization)."""
 
-    prefix: str
-    base: dict
-    input_shape: tuple[int, ...]
-    optimizers: tuple[str, ...]
-    regularizations: tuple[str, ...]
     lengths: tuple[int, ...]
-    activations: tuple[str, ...]
     activation_optimizers: tuple[str, ...]
     other_lrs: dict
     base_cell: dict  # activation, depth, fraction
@@ -291,11 +300,6 @@ class LengthDesign:
         return out
 
 
-def length_graph(design: LengthDesign, seeds: int) -> list[RunSpec]:
-    """The run graph of a :class:`LengthDesign`: a dense-narrow / sparse-wide pair per cell and seed."""
-    return pair_specs(design.prefix, design.base, design.input_shape, design.cells(), seeds)
-
-
 # SC-SDC verdicts against training length on full Fashion-MNIST, sized for under 90 minutes of 2 idle cores
 # (docs/guide/reproducing.md: "Tessera et al. at longer training"). Width 128, not tessera-fmnist's 256: the
 # 32-epoch cells at 8 seeds would not fit otherwise (a run's cost is about proportional to its wide layers).
@@ -310,17 +314,11 @@ TESSERA_LENGTH = LengthDesign(
 
 
 @dataclass(frozen=True)
-class GridDesign:
+class GridDesign(Design):
     """The full factorial of Tessera et al.'s grid: at every learning rate, depth and dense width (as a
     fraction of the sparse width), the optimizer x regularization table (ReLU) and the activation x
     optimizer table (no regularization)."""
 
-    prefix: str
-    base: dict
-    input_shape: tuple[int, ...]
-    optimizers: tuple[str, ...]
-    regularizations: tuple[str, ...]
-    activations: tuple[str, ...]
     depths: tuple[int, ...]
     fractions: tuple[float, ...]
     lrs: tuple[float, ...]
@@ -373,14 +371,13 @@ PRESETS = {
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
                        "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
     "scsdc-length": ("quick version of tessera-length on digits: momentum/Adam x {none, bn} pairs at 2 and 6 epochs",
-                     lambda n: length_graph(SCSDC_LENGTH, n), 5),
+                     SCSDC_LENGTH.graph, 5),
     "tessera-length": ("tessera-fmnist's SGD/momentum/Adam/RMSProp x {none, bn} pairs at 2, 8 and 32 epochs, "
                        "Swish/PReLU for momentum/Adam and Adam/RMSProp at lr 0.1 at 32, width 128 (needs make data)",
-                       lambda n: length_graph(TESSERA_LENGTH, n), 8),
+                       TESSERA_LENGTH.graph, 8),
     "tessera-paper": ("Tessera et al.'s full grid and protocol (sparse width 3,076, dense 308-2,768, 1/2/4 layers, "
                       "500 epochs, lr 0.001 and 0.1): for a GPU cluster; --dry-run estimates its compute",
-                      lambda n: pair_specs(TESSERA_PAPER.prefix, TESSERA_PAPER.base, TESSERA_PAPER.input_shape,
-                                           TESSERA_PAPER.cells(), n), 5),
+                      TESSERA_PAPER.graph, 5),
     "stability": ("stability to SGD noise (Frankle et al. 2020): LeNet-5 lottery tickets and dense networks "
                   "rewound to steps 0-500 of one parent, 2 data orders each (--seeds = copies)",
                   lambda n: stability_graph(_STABILITY, n), 2),

@@ -13,16 +13,26 @@ from figures.paper import CLAIMS
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inspect_runs.ipynb"
 
 
-def test_notebook_executes_on_smoke_runs(smoke_runs, monkeypatch):
+def execute(path: Path, runs: Path, monkeypatch) -> tuple:
+    """Run a notebook from the repository root on ``runs`` (``RUNS_DIR``), headless and on one torch thread in
+    its kernel (another process: conftest's setting does not reach it; tiny Hessian-vector products slow down
+    several-fold when two threads contend for a busy small CPU). Returns the notebook and every code output;
+    fails on an error output."""
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("RUNS_DIR", str(smoke_runs))
+    monkeypatch.setenv("RUNS_DIR", str(runs))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOK.parents[1])}})
+                                     resources={"metadata": {"path": str(path.parents[1])}})
     client.execute(env={**os.environ})
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    return nb, outputs
+
+
+def test_notebook_executes_on_smoke_runs(smoke_runs, monkeypatch):
+    _, outputs = execute(NOTEBOOK, smoke_runs, monkeypatch)
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "mlp-digits-s0.9-lottery-seed0" in html  # the run table is shown
     assert "scratch+" in html  # the accuracy-by-method table
@@ -50,18 +60,7 @@ def _stdout(outputs: list[dict]) -> str:
 
 
 def test_tour_executes_on_smoke_runs(smoke_runs, monkeypatch):
-    nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("RUNS_DIR", str(smoke_runs))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    # The kernel is another process: one torch thread there too (as conftest gives the test session), since
-    # tiny Hessian-vector products slow down several-fold when two threads contend for a busy small CPU.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    nb = nbformat.read(TOUR, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(TOUR.parents[1])}})
-    client.execute(env={**os.environ})
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    nb, outputs = execute(TOUR, smoke_runs, monkeypatch)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # MDS, interpolation, Hessian, plane
 
     assert "mlp-digits-s0.9-lottery-seed0" in _html(_cell_outputs(nb, "load_runs(RUNS)"))  # 1. the run table
