@@ -532,7 +532,7 @@ def other_lr_table(pairs: pd.DataFrame) -> pd.DataFrame:
 def claims_matrix(by_length: dict) -> pd.DataFrame:
     """Claims as rows, lengths as columns, the verdict in each cell (``held†`` when fragile)."""
     cols = {}
-    for epochs, (frame, _) in by_length.items():
+    for epochs, frame in by_length.items():
         cols[epochs] = {r.claim: f"{r.verdict}{'†' if r.fragile else ''}" for r in frame.itertuples()}
     return pd.DataFrame(cols)
 
@@ -540,7 +540,7 @@ def claims_matrix(by_length: dict) -> pd.DataFrame:
 def length_claims(by_length: dict) -> pd.DataFrame:
     """Tidy ``claims_by_length.csv``: one row per claim and length with the test's numbers and robustness."""
     frames = []
-    for epochs, (frame, _) in by_length.items():
+    for epochs, frame in by_length.items():
         f = frame.copy()
         f.insert(1, "epochs", epochs)
         frames.append(f)
@@ -580,6 +580,12 @@ def _log2_epochs(ax, epochs: pd.Series) -> None:
     ax.minorticks_off()
 
 
+def _interval_line(ax, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, label: str) -> None:
+    """A line of points with their intervals [lo, hi] as error bars (a missing interval draws none)."""
+    err = np.vstack([y - lo, hi - y])
+    ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=3, lw=1.2, label=label)
+
+
 def fig_length(table: pd.DataFrame, path: Path) -> list[Path]:
     """Sparse − dense test accuracy (Hodges-Lehmann, with its Wilcoxon interval over seeds) against training
     length, a line per optimizer, a panel per regularization."""
@@ -592,9 +598,8 @@ def fig_length(table: pd.DataFrame, path: Path) -> list[Path]:
             g = sub[sub["optimizer"] == o].sort_values("epochs")
             x = g["epochs"].to_numpy(float) * (1 + 0.04 * (k - (len(opts) - 1) / 2))  # dodge the intervals
             hl = g["hl_diff"].to_numpy(float)  # too few seeds for the test: the mean, without an interval
-            y = 100 * np.where(np.isfinite(hl), hl, g["mean_diff"].to_numpy(float))
-            err = np.vstack([y - 100 * g["ci_low"].to_numpy(float), 100 * g["ci_high"].to_numpy(float) - y])
-            ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=3, lw=1.2, label=o)
+            y = np.where(np.isfinite(hl), hl, g["mean_diff"].to_numpy(float))
+            _interval_line(ax, x, 100 * y, 100 * g["ci_low"].to_numpy(float), 100 * g["ci_high"].to_numpy(float), o)
         ax.axhline(0, color="#888888", lw=0.8)
         _log2_epochs(ax, sub["epochs"])
         ax.set_xlabel("epochs")
@@ -620,9 +625,8 @@ def fig_length_tau(table: pd.DataFrame, path: Path) -> list[Path]:
     for k, (p, g) in enumerate(table.groupby("p")):
         g = g.sort_values("epochs")
         x = g["epochs"].to_numpy(float) * (1 + 0.04 * (k - 0.5))
-        y = g["tau_diff"].to_numpy(float)
-        err = np.vstack([y - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - y])
-        ax.errorbar(x, y, yerr=np.nan_to_num(np.clip(err, 0, None)), marker="o", capsize=3, lw=1.2, label=f"p = {p}")
+        _interval_line(ax, x, g["tau_diff"].to_numpy(float), g["ci_low"].to_numpy(float),
+                       g["ci_high"].to_numpy(float), f"p = {p}")
     ax.axhline(0, color="#888888", lw=0.8)
     _log2_epochs(ax, table["epochs"])
     ax.set_xlabel("epochs")
@@ -633,9 +637,10 @@ def fig_length_tau(table: pd.DataFrame, path: Path) -> list[Path]:
 
 
 def write_length_study(out: Path, shown: str, runs: pd.DataFrame, pairs: pd.DataFrame, by_length: dict,
-                       studied: pd.Series) -> None:
+                       studied: pd.Series) -> pd.DataFrame:
     """The length axis: tables, figures, ``claims_by_length.csv`` and REPORT.md over the per-length studies
-    (``studied``: the pairs at the learning rate the claims are judged at)."""
+    (``by_length``: each length's verdicts; ``studied``: the pairs at the learning rate the claims are judged
+    at); returns the claims x lengths matrix."""
     main_pairs = pairs[studied]
     base = base_cell(main_pairs)
     table = cell_tests(slice_of(main_pairs, base, ("optimizer", "regularization")),
@@ -686,6 +691,7 @@ def write_length_study(out: Path, shown: str, runs: pd.DataFrame, pairs: pd.Data
                   markdown(other[["optimizer", "regularization", "epochs", "lr", "n", "dense_acc", "sparse_acc",
                                   "mean_diff", "p_sparse_greater", "fragile"]].round(4)), ""]
     atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n")
+    return matrix
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -716,9 +722,11 @@ def _lr_choice(text: str):
 
 
 def write_study(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, pairs: pd.DataFrame, out: Path,
-                n_boot: int, shown: str) -> tuple[pd.DataFrame, list[engine.Verdict]]:
-    """Every table, figure, ``claims.csv`` and ``REPORT.md`` of one study (one training length) into ``out``;
-    returns the verdicts (a frame and the engine's objects)."""
+                n_boot: int, shown: str) -> pd.DataFrame:
+    """Every table, figure, ``claims.csv`` and ``REPORT.md`` of one study (one training length) of ``pairs``
+    (``runs`` and ``curves`` are narrowed to their runs) into ``out``; returns the verdicts."""
+    keep = set(pairs["run_id_dense"]) | set(pairs["run_id_sparse"])
+    runs, curves = runs[runs["run_id"].isin(keep)], curves[curves["run_id"].isin(keep)]
     out.mkdir(parents=True, exist_ok=True)
     base = base_cell(pairs)
     pvalues = cell_tests(slice_of(pairs, base, ("optimizer", "regularization")), ["optimizer", "regularization"])
@@ -743,7 +751,7 @@ def write_study(root: Path, runs: pd.DataFrame, curves: pd.DataFrame, pairs: pd.
     best = best_activations(pairs, base)
     atomic_write_text(out / "REPORT.md", report(shown, runs, pairs, base, verdicts, pvalues, acts, best, sweep,
                                                 corr, figures))
-    return verdicts, judged
+    return verdicts
 
 
 @cli_entry
@@ -771,9 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = shown_path(root)
     lengths = sorted(main_pairs["epochs"].unique())
     if len(lengths) == 1:
-        keep = set(main_pairs["run_id_dense"]) | set(main_pairs["run_id_sparse"])
-        verdicts, _ = write_study(root, runs[runs["run_id"].isin(keep)], curves[curves["run_id"].isin(keep)],
-                                  main_pairs, out, args.n_boot, shown)
+        verdicts = write_study(root, runs, curves, main_pairs, out, args.n_boot, shown)
         written = "7 CSV tables, 2 Markdown tables, 3 figures, claims.csv and REPORT.md"
         if len(other_lr):
             atomic_write_csv(out / "tessera_other_lr.csv", other_lr_table(pairs))
@@ -784,14 +790,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     by_length = {}
     for epochs in tqdm(lengths, desc="lengths", unit="length", disable=args.quiet, file=sys.stderr):
-        sub = main_pairs[main_pairs["epochs"] == epochs]
-        keep = set(sub["run_id_dense"]) | set(sub["run_id_sparse"])
-        by_length[epochs] = write_study(root, runs[runs["run_id"].isin(keep)], curves[curves["run_id"].isin(keep)],
-                                        sub, out / length_dir(epochs), args.n_boot, shown)
-    write_length_study(out, shown, runs, pairs, by_length, studied)
+        by_length[epochs] = write_study(root, runs, curves, main_pairs[main_pairs["epochs"] == epochs],
+                                        out / length_dir(epochs), args.n_boot, shown)
+    matrix = write_length_study(out, shown, runs, pairs, by_length, studied)
     print(f"wrote a study per length ({', '.join(length_dir(e) for e in lengths)}), the length tables and figures, "
           f"claims_by_length.csv and REPORT.md to {out}")
-    matrix = claims_matrix(by_length)
     for claim, row in matrix.iterrows():
         print(f"  {claim}: " + "  ".join(f"{e:g} ep {v}" for e, v in row.items()))
     return 0

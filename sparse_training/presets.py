@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from .config import TrainConfig
 from .errors import UserError
 from .masks import Masks
-from .methods import build_for
+from .methods import build_for, model_options
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ REGULARIZATIONS: dict[str, dict] = {
 class Design:
     """What every same-capacity design names: its run-id prefix, the settings all its runs share (``base``),
     the input shape, and the optimizers, regularizations (keys of ``REGULARIZATIONS``) and activations it
-    varies. Its :meth:`cells` say which pairs it trains (:func:`pair_specs`)."""
+    varies. Its :meth:`cells` say which pairs it trains (:meth:`graph`, :func:`pair_specs`)."""
 
     prefix: str
     base: dict
@@ -207,22 +207,11 @@ def cell_tag(cell: dict) -> str:
     return tag + (f"-e{cell['epochs']}" if cell.get("epochs") is not None else "")
 
 
-def same_capacity_graph(design: PairDesign, seeds: int) -> list[RunSpec]:
-    """Tessera et al.'s same-capacity sparse-vs-dense pairs (SC-SDC), one pair per cell and seed.
-
-    The dense-narrow MLP has hidden width ``fraction * hidden``; the sparse-wide one has width
-    ``hidden`` and a fixed random mask whose per-layer active counts equal the narrow network's
-    layer sizes (``match_width``), its active weights drawn from the narrow network's init
-    distribution. Both see the same data order (same seed).
-    """
-    return pair_specs(design.prefix, design.base, design.input_shape, design.cells(), seeds)
-
-
 def _pair_sparsity(probe: TrainConfig, input_shape: tuple[int, ...], fraction: float) -> float:
     """The sparsity of a sparse-wide network whose active weights equal a width-``fraction`` dense network's:
     counted on the meta device (no memory, no init: the 3,076-wide grid builds in seconds), once per
-    architecture."""
-    arch = (probe.model, probe.hidden, probe.depth, probe.batchnorm, probe.skip, probe.activation, input_shape, fraction)
+    architecture (the settings :func:`model_options` builds it from)."""
+    arch = (probe.model, tuple(sorted(model_options(probe).items())), input_shape, fraction)
     if arch not in _SPARSITY:
         import torch
 
@@ -237,8 +226,14 @@ _SPARSITY: dict[tuple, float] = {}
 
 
 def pair_specs(prefix: str, base: dict, input_shape: tuple[int, ...], cells: list[dict], seeds: int) -> list[RunSpec]:
-    """The dense-narrow / sparse-wide pair of every cell and seed (see :func:`same_capacity_graph`); a cell
-    may also set ``lr`` and ``epochs`` (None: the base's)."""
+    """Tessera et al.'s same-capacity sparse-vs-dense pairs (SC-SDC), one pair per cell and seed.
+
+    The dense-narrow MLP has hidden width ``fraction * hidden``; the sparse-wide one has width
+    ``hidden`` and a fixed random mask whose per-layer active counts equal the narrow network's
+    layer sizes (``match_width``), its active weights drawn from the narrow network's init
+    distribution. Both see the same data order (same seed). A cell may also set ``lr`` and ``epochs``
+    (None: the base's).
+    """
     specs: list[RunSpec] = []
     for cell in cells:
         settings = {**base, **REGULARIZATIONS[cell["regularization"]], "optimizer": cell["optimizer"],
@@ -367,9 +362,9 @@ PRESETS = {
                  lambda n: family_graph(_EVCI_MLP, n, _EVCI_PER_METHOD, dense_per_seed=True), 10),
     "mnist1d": ("MLP on MNIST-1D at 90% sparsity", lambda n: family_graph(_MNIST1D, n), 5),  # 5: a paired rank test needs n >= 5 to reach p < 0.05
     "scsdc": ("quick version of tessera-fmnist: same-capacity sparse-wide vs dense-narrow MLP pairs on digits",
-              lambda n: same_capacity_graph(SCSDC, n), 5),
+              SCSDC.graph, 5),
     "tessera-fmnist": ("Tessera et al.'s same-capacity sparse-vs-dense study on full Fashion-MNIST "
-                       "(needs its IDX files: make data)", lambda n: same_capacity_graph(TESSERA_FMNIST, n), 5),
+                       "(needs its IDX files: make data)", TESSERA_FMNIST.graph, 5),
     "scsdc-length": ("quick version of tessera-length on digits: momentum/Adam x {none, bn} pairs at 2 and 6 epochs",
                      SCSDC_LENGTH.graph, 5),
     "tessera-length": ("tessera-fmnist's SGD/momentum/Adam/RMSProp x {none, bn} pairs at 2, 8 and 32 epochs, "
